@@ -1,0 +1,297 @@
+from typing import Any, ClassVar, TypeVar
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.distributions import Distribution, kl_divergence
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.utils import explained_variance
+from torch.nn import functional as F
+
+from sb3_acktr.kfac import KFAC
+from sb3_acktr.kfac.optimizer import check_hyperparameters
+from sb3_acktr.kfac.blocks import ConvMode
+from sb3_acktr.kfac.inverses import DampingMode
+
+SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
+
+SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+class ACKTR(OnPolicyAlgorithm):
+    """
+    Actor Critic using Kronecker-Factored Trust Region (ACKTR).
+
+    Paper: https://arxiv.org/abs/1708.05144
+    A2C's loss and rollouts, with the gradient step replaced by a K-FAC natural gradient (one Fisher for actor
+    and critic together), a KL trust region and momentum SGD. Defaults follow OpenAI Baselines' ACKTR.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, ...)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
+    :param n_steps: The number of steps to run for each environment per update
+        (i.e. batch size is n_steps * n_env where n_env is number of environment copies running in parallel)
+    :param gamma: Discount factor
+    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator.
+        Equivalent to classic advantage when set to 1.
+    :param ent_coef: Entropy coefficient for the loss calculation
+    :param vf_coef: Value function coefficient for the loss calculation
+    :param momentum: Momentum of the SGD step (the step size is ``learning_rate * (1 - momentum)``)
+    :param kl_clip: Trust-region bound on ``lr^2 * sum <V, grad>`` (about twice the KL between the policies
+        before and after an update, momentum aside)
+    :param damping: Tikhonov damping of the Kronecker-factored Fisher
+    :param stats_decay: Decay of the running averages of the Kronecker factors
+    :param vf_fisher_coef: Weight of the critic's Gauss-Newton term in the joint Fisher
+        (critic modelled as ``N(V(s), 1)``; Baselines' convention corresponds to 4.0)
+    :param damping_mode: ``"exact"`` (eigendecompositions, damping added to eigenvalue products) or
+        ``"factored"`` (pi-adjusted Tikhonov damping, Cholesky inverses)
+    :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
+    :param stats_update_interval: Update the Kronecker factors every this many updates
+    :param inverse_update_interval: Refresh the inverses of the factors every this many updates
+    :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
+    :param log_kl: Log the KL divergence between the policies before and after each update (one more forward pass)
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+        instead of action noise exploration (default: False)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
+        Default: -1 (only sample at the beginning of the rollout)
+    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, it will be automatically selected.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation.
+    :param normalize_advantage: Whether to normalize or not the advantage
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+        (``optimizer_class`` and ``optimizer_kwargs`` are not accepted: ACKTR brings its own optimizer)
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
+        debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ActorCriticPolicy,
+        "CnnPolicy": ActorCriticCnnPolicy,
+        "MultiInputPolicy": MultiInputActorCriticPolicy,
+    }
+    policy: ActorCriticPolicy
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 0.25,
+        n_steps: int = 20,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.01,
+        vf_coef: float = 0.5,
+        momentum: float = 0.9,
+        kl_clip: float = 0.001,
+        damping: float = 0.01,
+        stats_decay: float = 0.99,
+        vf_fisher_coef: float = 1.0,
+        damping_mode: DampingMode = "exact",
+        conv_mode: ConvMode = "expand",
+        stats_update_interval: int = 1,
+        inverse_update_interval: int = 10,
+        async_inverse: bool = False,
+        log_kl: bool = False,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = False,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=0.0,  # unused: the trust region bounds the step
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=SUPPORTED_ACTION_SPACES,
+        )
+        for key in ("optimizer_class", "optimizer_kwargs"):
+            if key in self.policy_kwargs:
+                raise ValueError(f"ACKTR does not accept policy_kwargs['{key}']: it always uses its K-FAC optimizer")
+        _check_non_negative("vf_coef", vf_coef)
+        _check_non_negative("ent_coef", ent_coef)
+        _check_non_negative("vf_fisher_coef", vf_fisher_coef)
+        self.normalize_advantage = normalize_advantage
+        self.momentum = momentum
+        self.kl_clip = kl_clip
+        self.damping = damping
+        self.stats_decay = stats_decay
+        self.vf_fisher_coef = vf_fisher_coef
+        self.damping_mode = damping_mode
+        self.conv_mode = conv_mode
+        self.stats_update_interval = stats_update_interval
+        self.inverse_update_interval = inverse_update_interval
+        self.async_inverse = async_inverse
+        self.log_kl = log_kl
+        # Checked before any network is built, so that a bad value costs nothing.
+        check_hyperparameters(**self._kfac_kwargs())
+        if self.env is not None and self.n_envs * self.n_steps < 2:
+            raise ValueError(
+                f"ACKTR needs at least 2 samples per update to estimate the Fisher, got n_steps * n_envs = "
+                f"{self.n_steps} * {self.n_envs}"
+            )
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _kfac_kwargs(self) -> dict[str, Any]:
+        return dict(
+            momentum=self.momentum,
+            kl_clip=self.kl_clip,
+            damping=self.damping,
+            stats_decay=self.stats_decay,
+            damping_mode=self.damping_mode,
+            conv_mode=self.conv_mode,
+            stats_update_interval=self.stats_update_interval,
+            inverse_update_interval=self.inverse_update_interval,
+        )
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if not isinstance(self.policy, ActorCriticPolicy):
+            raise TypeError(
+                f"ACKTR needs an ActorCriticPolicy (with mlp_extractor, action_net and value_net), "
+                f"got {type(self.policy).__name__}"
+            )
+        self.policy.optimizer = KFAC(
+            self.policy, lr=self.lr_schedule(1), async_inverse=self.async_inverse, **self._kfac_kwargs()
+        )
+        if self.policy.optimizer.uncovered_parameters and self.verbose >= 1:
+            print(f"K-FAC does not model these parameters (plain gradient): {self.policy.optimizer.uncovered_parameters}")
+
+    @property
+    def kfac(self) -> KFAC:
+        """The policy's K-FAC optimizer."""
+        assert isinstance(self.policy.optimizer, KFAC)
+        return self.policy.optimizer
+
+    def _forward(self, obs: PyTorchObs) -> tuple[Distribution, th.Tensor]:
+        """One forward pass of actor and critic (each layer called once, as K-FAC requires)."""
+        policy = self.policy
+        features = policy.extract_features(obs)
+        if policy.share_features_extractor:
+            latent_pi, latent_vf = policy.mlp_extractor(features)
+        else:
+            pi_features, vf_features = features
+            latent_pi = policy.mlp_extractor.forward_actor(pi_features)
+            latent_vf = policy.mlp_extractor.forward_critic(vf_features)
+        return policy._get_action_dist_from_latent(latent_pi), policy.value_net(latent_vf).flatten()
+
+    def _fisher_loss(self, distribution: Distribution, values: th.Tensor) -> th.Tensor:
+        """
+        Negative log-likelihood, summed over the batch, of actions sampled from the current policy and of value
+        targets sampled from ``N(V(s), 1)``: its gradients sample the joint Fisher of actor and critic.
+        Entropy is not part of it.
+        """
+        sampled_actions = distribution.get_actions(deterministic=False).detach()
+        actor_nll = -distribution.log_prob(sampled_actions).sum()
+        sampled_values = values.detach() + th.randn_like(values)
+        critic_nll = 0.5 * ((values - sampled_values) ** 2).sum()
+        return actor_nll + self.vf_fisher_coef * critic_nll
+
+    def train(self) -> None:
+        """
+        Update policy using the currently gathered rollout buffer (one K-FAC step over the whole batch).
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        kfac = self.kfac
+
+        for rollout_data in self.rollout_buffer.get(batch_size=None):
+            actions = rollout_data.actions
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.long().flatten()
+
+            update_statistics = kfac.statistics_due()
+            with kfac.capture_statistics(enabled=update_statistics):
+                distribution, values = self._forward(rollout_data.observations)
+            if update_statistics:
+                kfac.update_statistics(self._fisher_loss(distribution, values))
+
+            log_prob = distribution.log_prob(actions)
+            entropy = distribution.entropy()
+            advantages = rollout_data.advantages
+            if self.normalize_advantage:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+            policy_loss = -(advantages * log_prob).mean()
+            value_loss = F.mse_loss(rollout_data.returns, values)
+            entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+            kfac.zero_grad()
+            loss.backward()
+            kfac.step()
+
+            if self.log_kl:
+                with th.no_grad():
+                    new_distribution, _ = self._forward(rollout_data.observations)
+                    kl = kl_divergence(distribution, new_distribution).mean()
+                self.logger.record("train/kl", kl.item())
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
+        self._n_updates += 1
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/entropy_loss", entropy_loss.item())
+        self.logger.record("train/policy_loss", policy_loss.item())
+        self.logger.record("train/value_loss", value_loss.item())
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        for key, value in kfac.diagnostics(per_layer=self.verbose >= 2).items():
+            self.logger.record(f"kfac/{key}", value)
+
+    def learn(
+        self: SelfACKTR,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 100,
+        tb_log_name: str = "ACKTR",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfACKTR:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+
+def _check_non_negative(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")

@@ -1,0 +1,130 @@
+"""
+Kronecker-factored curvature blocks for ``nn.Linear`` and ``nn.Conv2d``.
+
+Conventions (see the README, section "K-FAC conventions"):
+
+* A layer's weight and bias form one matrix ``M`` of shape ``(out, in [+ 1])``: the bias is a homogeneous
+  coordinate, so a constant 1 is appended to every activation row. For a convolution ``in = C * kh * kw``,
+  ordered like ``weight.view(out, -1)`` and like the columns of ``torch.nn.functional.unfold``.
+* The Fisher loss is a *sum* over the batch of per-example negative log-likelihoods, so the output
+  gradients captured during the Fisher pass are per-example gradients.
+* With ``B`` examples and ``T`` rows per example (output locations of a convolution, extra leading
+  dimensions of a linear layer), the block of the Fisher is approximated by ``G (x) A`` (row-major
+  vectorisation of ``M``) with
+
+  - ``A = sum_rows a a^T / (B * T)`` (mean over rows) and
+  - ``G = sum_rows g g^T / B`` (mean over examples of the per-example sum over its rows),
+
+  which is KFC (Grosse & Martens, 2016) with the factor ``T`` folded into ``G``: both factors are
+  independent of the batch size. The ``"reduce"`` mode (Eschenhagen et al., 2023) instead averages the
+  patches of an example and sums its output gradients before taking outer products; it is exact when all
+  the patches of an example are equal and needs a ``T``-times smaller product for ``A``.
+"""
+
+from typing import Literal
+
+import torch as th
+import torch.nn.functional as F
+from torch import nn
+
+ConvMode = Literal["expand", "reduce"]
+
+
+def is_supported_layer(module: nn.Module) -> bool:
+    """
+    Whether K-FAC can model this layer: ``nn.Linear`` and ``nn.Conv2d`` with ``groups=1`` and zero padding.
+
+    :param module: any module
+    :return: True if a Kronecker-factored block can be built for it
+    """
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return False
+
+
+class KroneckerBlock:
+    """
+    Curvature statistics of one layer: computes the per-batch factors ``A`` and ``G``
+    and maps gradients between the layer's parameters and the matrix ``M``.
+
+    :param name: qualified name of the module (for messages and diagnostics)
+    :param module: the ``nn.Linear`` or ``nn.Conv2d`` layer
+    :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
+    """
+
+    def __init__(self, name: str, module: nn.Linear | nn.Conv2d, conv_mode: ConvMode = "expand") -> None:
+        if not is_supported_layer(module):
+            raise ValueError(f"Layer '{name}' ({module}) cannot be modelled by K-FAC")
+        self.name = name
+        self.module = module
+        self.conv_mode = conv_mode
+        self.weight: nn.Parameter = module.weight
+        self.bias: nn.Parameter | None = module.bias
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.module, nn.Conv2d)
+
+    def _activation_rows(self, inputs: th.Tensor) -> tuple[th.Tensor, int]:
+        """Rows ``a`` (with the homogeneous coordinate) and the number of examples ``B``."""
+        batch_size = inputs.shape[0]
+        if self.is_conv:
+            conv = self.module
+            assert isinstance(conv, nn.Conv2d)
+            patches = F.unfold(inputs, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (B, C*k*k, T)
+            if self.conv_mode == "reduce":
+                rows = patches.mean(dim=2)
+            else:
+                rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        else:
+            rows = inputs.reshape(-1, inputs.shape[-1])
+        if self.bias is not None:
+            rows = th.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+        return rows, batch_size
+
+    def _gradient_rows(self, output_grad: th.Tensor) -> tuple[th.Tensor, int]:
+        """Rows ``g`` of per-example output gradients and the number of examples ``B``."""
+        batch_size = output_grad.shape[0]
+        if self.is_conv:
+            if self.conv_mode == "reduce":
+                return output_grad.sum(dim=(2, 3)), batch_size
+            return output_grad.permute(0, 2, 3, 1).reshape(-1, output_grad.shape[1]), batch_size
+        return output_grad.reshape(-1, output_grad.shape[-1]), batch_size
+
+    def activation_factor(self, inputs: th.Tensor) -> th.Tensor:
+        """
+        :param inputs: the layer's input for one batch
+        :return: ``A``, the mean outer product of the activation rows
+        """
+        rows, _ = self._activation_rows(inputs)
+        return rows.T @ rows / rows.shape[0]
+
+    def gradient_factor(self, output_grad: th.Tensor) -> th.Tensor:
+        """
+        :param output_grad: per-example gradients of the Fisher loss with respect to the layer's output
+        :return: ``G``, the per-example outer product of the output gradients, averaged over examples
+        """
+        rows, batch_size = self._gradient_rows(output_grad)
+        return rows.T @ rows / batch_size
+
+    def gradient_matrix(self) -> th.Tensor | None:
+        """The gradient as the matrix ``M`` of shape ``(out, in [+ 1])``, or None when the weight has no gradient."""
+        if self.weight.grad is None:
+            return None
+        grad = self.weight.grad.reshape(self.weight.shape[0], -1)
+        if self.bias is not None:
+            bias_grad = self.bias.grad if self.bias.grad is not None else th.zeros_like(self.bias)
+            grad = th.cat([grad, bias_grad.reshape(-1, 1)], dim=1)
+        return grad
+
+    def split_matrix(self, matrix: th.Tensor) -> list[th.Tensor]:
+        """Inverse of :meth:`gradient_matrix`: one tensor per parameter, shaped like it."""
+        if self.bias is None:
+            return [matrix.reshape(self.weight.shape)]
+        return [matrix[:, :-1].reshape(self.weight.shape), matrix[:, -1].reshape(self.bias.shape)]

@@ -1,0 +1,401 @@
+"""
+K-FAC preconditioned momentum SGD with a KL trust region, as used by ACKTR (Wu et al., 2017).
+
+Usage, once per update::
+
+    optimizer = KFAC(model, lr=0.25)
+    with optimizer.capture_statistics(enabled=optimizer.statistics_due()):
+        outputs = model(inputs)                     # forward hooks record layer inputs
+    if optimizer.statistics_due():
+        optimizer.update_statistics(fisher_loss)    # sum over the batch of -log p(sampled target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+"""
+
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch as th
+from torch import nn
+
+from sb3_acktr.kfac.blocks import ConvMode, KroneckerBlock, is_supported_layer
+from sb3_acktr.kfac.inverses import BlockInverse, DampingMode, InverseFailure, compute_inverse
+
+COUNTER_NAMES = ("skipped_steps", "nonfinite_statistics", "float64_retries", "inverse_failures")
+
+
+def _check_number(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if not math.isfinite(value) or too_low or too_high:
+        bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must lie in {bounds}, got {value}")
+
+
+def _check_interval(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_hyperparameters(
+    momentum: float,
+    kl_clip: float,
+    damping: float,
+    stats_decay: float,
+    damping_mode: str,
+    conv_mode: str,
+    stats_update_interval: int,
+    inverse_update_interval: int,
+) -> None:
+    """Raise a ``ValueError`` or ``TypeError`` naming the first invalid K-FAC hyperparameter."""
+    _check_number("momentum", momentum, 0.0, 1.0, high_open=True)
+    _check_number("kl_clip", kl_clip, 0.0, math.inf, low_open=True)
+    _check_number("damping", damping, 0.0, math.inf, low_open=True)
+    _check_number("stats_decay", stats_decay, 0.0, 1.0, high_open=True)
+    if damping_mode not in ("exact", "factored"):
+        raise ValueError(f"damping_mode must be 'exact' or 'factored', got {damping_mode!r}")
+    if conv_mode not in ("expand", "reduce"):
+        raise ValueError(f"conv_mode must be 'expand' or 'reduce', got {conv_mode!r}")
+    _check_interval("stats_update_interval", stats_update_interval)
+    _check_interval("inverse_update_interval", inverse_update_interval)
+
+
+class KFAC(th.optim.Optimizer):
+    """
+    Kronecker-factored approximate curvature (Martens & Grosse, 2015; Grosse & Martens, 2016 for convolutions)
+    for every ``nn.Linear`` and ``nn.Conv2d`` of ``model``, with the trust region and momentum of ACKTR.
+
+    The step is ``V = (F + damping)^-1 grad`` per layer, scaled by
+    ``nu = min(1, sqrt(kl_clip / (lr^2 * sum <V, grad>)))`` over all parameters, then applied with momentum SGD
+    (``buf = momentum * buf + nu * V``, ``p -= lr * (1 - momentum) * buf``), as in the reference implementations.
+    Parameters outside supported layers (``log_std``, norm layers, grouped convolutions, ...) are *uncovered*:
+    their raw gradient is used and enters the trust-region sum. See :attr:`uncovered_parameters`.
+
+    :param model: the module whose parameters are optimised; it is not modified (forward hooks only)
+    :param lr: learning rate (read from the param group at every step, so schedules apply); 0 is allowed
+    :param momentum: momentum coefficient in [0, 1)
+    :param kl_clip: trust-region bound on ``lr^2 * sum <V, grad>`` (twice the KL bound of the paper)
+    :param damping: Tikhonov damping added to the Kronecker-factored Fisher
+    :param stats_decay: decay of the running averages of the factors (zero-debiased, as in kfac-jax)
+    :param damping_mode: ``"exact"`` (eigendecompositions) or ``"factored"`` (pi-adjusted, Cholesky inverses)
+    :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
+    :param stats_update_interval: update the factors every this many steps
+    :param inverse_update_interval: refresh the inverses every this many steps
+    :param async_inverse: refresh the inverses in a background thread; the step keeps the previous inverses until
+        the new ones are ready (non-deterministic timing)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.25,
+        momentum: float = 0.9,
+        kl_clip: float = 0.001,
+        damping: float = 0.01,
+        stats_decay: float = 0.99,
+        damping_mode: DampingMode = "exact",
+        conv_mode: ConvMode = "expand",
+        stats_update_interval: int = 1,
+        inverse_update_interval: int = 10,
+        async_inverse: bool = False,
+    ) -> None:
+        _check_number("lr", lr, 0.0, math.inf)
+        check_hyperparameters(
+            momentum=momentum,
+            kl_clip=kl_clip,
+            damping=damping,
+            stats_decay=stats_decay,
+            damping_mode=damping_mode,
+            conv_mode=conv_mode,
+            stats_update_interval=stats_update_interval,
+            inverse_update_interval=inverse_update_interval,
+        )
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("The model has no trainable parameters")
+        defaults = dict(lr=lr, momentum=momentum, kl_clip=kl_clip, damping=damping)
+        super().__init__(params, defaults)
+
+        self.stats_decay = stats_decay
+        self.damping_mode: DampingMode = damping_mode
+        self.stats_update_interval = stats_update_interval
+        self.inverse_update_interval = inverse_update_interval
+        self.async_inverse = async_inverse
+
+        self.blocks: list[KroneckerBlock] = []
+        self._hooks = []
+        for name, module in model.named_modules():
+            trainable = module.weight.requires_grad if isinstance(module, (nn.Linear, nn.Conv2d)) else False
+            if is_supported_layer(module) and trainable:
+                block = KroneckerBlock(name or type(module).__name__, module, conv_mode)
+                self.blocks.append(block)
+                self._hooks.append(module.register_forward_hook(partial(self._record_input, block)))
+        covered = {id(p) for block in self.blocks for p in block.parameters}
+        names = {id(p): name for name, p in model.named_parameters()}
+        self.uncovered_parameters: list[str] = [names[id(p)] for p in params if id(p) not in covered]
+
+        self._capturing = False
+        self._collecting_gradients = False
+        self._pending: dict[KroneckerBlock, dict[str, th.Tensor]] = {}
+        self._inverses: dict[KroneckerBlock, BlockInverse] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._inverse_future: Future | None = None
+        self.n_steps = 0
+        self.inverse_age = 0
+        self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        self._last: dict[str, float] = {"trust_region_scale": float("nan"), "vg_sum": float("nan")}
+        self._seconds = {"statistics": 0.0, "inverse": 0.0}
+
+    # ------------------------------------------------------------------ statistics
+    def statistics_due(self) -> bool:
+        """Whether the coming step should update the curvature statistics (every ``stats_update_interval`` steps)."""
+        return self.n_steps % self.stats_update_interval == 0
+
+    @contextmanager
+    def capture_statistics(self, enabled: bool = True) -> Iterator[None]:
+        """
+        Record the inputs of the covered layers during the forward passes run inside this context (with grad
+        enabled only: ``no_grad`` forwards never touch the statistics). Follow with :meth:`update_statistics`.
+        """
+        self._pending = {}
+        self._capturing = enabled
+        try:
+            yield
+        finally:
+            self._capturing = False
+
+    def _record_input(self, block: KroneckerBlock, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if not self._capturing or not th.is_grad_enabled():
+            return
+        if block in self._pending:
+            raise RuntimeError(
+                f"Layer '{block.name}' was called more than once in one forward pass: K-FAC models each layer "
+                "once per pass. Use separate modules, or exclude this one from the optimizer's model."
+            )
+        start = time.perf_counter()
+        with th.no_grad():
+            self._pending[block] = {"A": block.activation_factor(inputs[0].detach())}
+        self._seconds["statistics"] += time.perf_counter() - start
+        if isinstance(output, th.Tensor) and output.requires_grad:
+            # A tensor hook sees the gradient of this version of the output, even if an in-place
+            # activation modifies it later (unlike autograd.grad with the output as input).
+            output.register_hook(partial(self._record_output_gradient, block))
+
+    def _record_output_gradient(self, block: KroneckerBlock, grad: th.Tensor) -> None:
+        if self._collecting_gradients and block in self._pending:
+            start = time.perf_counter()
+            self._pending[block]["G"] = block.gradient_factor(grad.detach())
+            self._seconds["statistics"] += time.perf_counter() - start
+
+    def update_statistics(self, fisher_loss: th.Tensor) -> bool:
+        """
+        Backpropagate the Fisher loss of the forward pass captured by :meth:`capture_statistics` and fold the
+        resulting factors into the running averages. Leaves every ``.grad`` untouched and keeps the graph.
+
+        :param fisher_loss: sum over the batch of the negative log-likelihood of targets sampled from the
+            model's own predictive distribution (the true Fisher, not the empirical one)
+        :return: whether the statistics were updated (False when a factor was not finite: the event is counted)
+        """
+        blocks = [block for block in self.blocks if block in self._pending]
+        weights = [block.weight for block in blocks]
+        if not weights:
+            return False
+        self._collecting_gradients = True
+        try:
+            th.autograd.grad(fisher_loss, weights, retain_graph=True, allow_unused=True)
+        finally:
+            self._collecting_gradients = False
+        pending, self._pending = self._pending, {}
+        complete = [(block, pending[block]) for block in blocks if "G" in pending[block]]
+        if not all(bool(th.isfinite(f["A"]).all() and th.isfinite(f["G"]).all()) for _, f in complete):
+            self.counters["nonfinite_statistics"] += 1
+            return False
+        decay = self.stats_decay
+        for block, factors in complete:
+            state = self.state[block.weight]
+            if "A_average" not in state:
+                state["A_average"] = th.zeros_like(factors["A"])
+                state["G_average"] = th.zeros_like(factors["G"])
+                state["statistics_count"] = 0
+            state["A_average"].mul_(decay).add_(factors["A"], alpha=1 - decay)
+            state["G_average"].mul_(decay).add_(factors["G"], alpha=1 - decay)
+            state["statistics_count"] += 1
+        return True
+
+    def factors(self, block: KroneckerBlock) -> tuple[th.Tensor, th.Tensor] | None:
+        """The zero-debiased running averages ``(A, G)`` of a block, or None before its first statistics."""
+        state = self.state[block.weight]
+        if "A_average" not in state:
+            return None
+        correction = 1.0 - self.stats_decay ** state["statistics_count"]
+        return state["A_average"] / correction, state["G_average"] / correction
+
+    # ------------------------------------------------------------------ inverses
+    def _compute_inverses(
+        self, factors: dict[KroneckerBlock, tuple[th.Tensor, th.Tensor]], damping: float
+    ) -> tuple[dict[KroneckerBlock, BlockInverse], int, int]:
+        inverses, retries, failures = {}, 0, 0
+        for block, (a_factor, g_factor) in factors.items():
+            try:
+                inverses[block], block_retries = compute_inverse(a_factor, g_factor, self.damping_mode, damping)
+                retries += block_retries
+            except InverseFailure:
+                failures += 1
+        return inverses, retries, failures
+
+    def _install_inverses(self, result: tuple[dict[KroneckerBlock, BlockInverse], int, int], seconds: float) -> None:
+        inverses, retries, failures = result
+        # A block whose refresh failed keeps its last good inverse.
+        self._inverses.update(inverses)
+        self.counters["float64_retries"] += retries
+        self.counters["inverse_failures"] += failures
+        self._seconds["inverse"] += seconds
+        self.inverse_age = 0
+
+    def _timed_inverses(
+        self, factors: dict[KroneckerBlock, tuple[th.Tensor, th.Tensor]], damping: float
+    ) -> tuple[tuple[dict[KroneckerBlock, BlockInverse], int, int], float]:
+        start = time.perf_counter()
+        result = self._compute_inverses(factors, damping)
+        return result, time.perf_counter() - start
+
+    def _refresh_inverses(self, damping: float) -> None:
+        if self._inverse_future is not None and self._inverse_future.done():
+            self._install_inverses(*self._inverse_future.result())
+            self._inverse_future = None
+        factors = {block: f for block in self.blocks if (f := self.factors(block)) is not None}
+        missing = any(block not in self._inverses for block in factors)
+        if not factors or not (missing or self.inverse_age >= self.inverse_update_interval):
+            return
+        if self.async_inverse and not missing:
+            if self._inverse_future is None:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfac-inverse")
+                snapshot = {block: (a.clone(), g.clone()) for block, (a, g) in factors.items()}
+                self._inverse_future = self._executor.submit(self._timed_inverses, snapshot, damping)
+            return
+        self._install_inverses(*self._timed_inverses(factors, damping))
+
+    # ------------------------------------------------------------------ step
+    def _natural_gradients(self) -> dict[nn.Parameter, tuple[th.Tensor, th.Tensor]]:
+        """Map each parameter with a gradient to ``(V, grad)``: preconditioned where a block covers it, raw otherwise."""
+        directions: dict[nn.Parameter, tuple[th.Tensor, th.Tensor]] = {}
+        for block in self.blocks:
+            grad = block.gradient_matrix()
+            if grad is None:
+                continue
+            inverse = self._inverses.get(block)
+            natural = inverse.precondition(grad) if inverse is not None else grad
+            for param, p_natural, p_grad in zip(block.parameters, block.split_matrix(natural), block.split_matrix(grad)):
+                directions[param] = (p_natural, p_grad)
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None and param not in directions:
+                    directions[param] = (param.grad, param.grad)
+        return directions
+
+    @th.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        """
+        Precondition the gradients in ``.grad``, apply the trust region and take a momentum step.
+        A step whose gradient or preconditioned gradient is not finite is skipped and counted.
+        """
+        if closure is not None:
+            raise ValueError("KFAC.step() takes no closure")
+        group = self.param_groups[0]
+        lr, momentum, kl_clip, damping = group["lr"], group["momentum"], group["kl_clip"], group["damping"]
+        self._refresh_inverses(damping)
+        self.n_steps += 1
+        self.inverse_age += 1
+
+        directions = self._natural_gradients()
+        vg_sum = sum((float((natural * grad).sum()) for natural, grad in directions.values()), 0.0)
+        self._last["vg_sum"] = vg_sum
+        if not math.isfinite(vg_sum) or not all(bool(th.isfinite(natural).all()) for natural, _ in directions.values()):
+            self.counters["skipped_steps"] += 1
+            self._last["trust_region_scale"] = 0.0
+            return
+        scale = 1.0
+        if lr > 0.0 and vg_sum > 0.0:
+            scale = min(1.0, math.sqrt(kl_clip / (lr**2 * vg_sum)))
+        self._last["trust_region_scale"] = scale
+
+        for param, (natural, _) in directions.items():
+            state = self.state[param]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = th.zeros_like(param)
+            buffer = state["momentum_buffer"]
+            buffer.mul_(momentum).add_(natural, alpha=scale)
+            param.add_(buffer, alpha=-lr * (1.0 - momentum))
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostics(self, per_layer: bool = False) -> dict[str, float]:
+        """
+        Numbers to log: trust-region scale and ``sum <V, grad>`` of the last step, age of the inverses, seconds
+        spent on statistics and inversions since the last call, counters of numerical events, and with
+        ``per_layer`` the damping split ``pi`` and the eigenvalue range of each layer's factors.
+        """
+        out = {
+            "trust_region_scale": self._last["trust_region_scale"],
+            "vg_sum": self._last["vg_sum"],
+            "inverse_age": float(self.inverse_age),
+            "statistics_seconds": self._seconds["statistics"],
+            "inverse_seconds": self._seconds["inverse"],
+            "uncovered_parameters": float(len(self.uncovered_parameters)),
+        }
+        self._seconds = dict.fromkeys(self._seconds, 0.0)
+        out.update({name: float(count) for name, count in self.counters.items()})
+        if per_layer:
+            for block, inverse in self._inverses.items():
+                a_min, a_max, g_min, g_max = inverse.eigenvalue_range()
+                out.update(
+                    {
+                        f"{block.name}/pi": inverse.pi,
+                        f"{block.name}/A_eig_min": a_min,
+                        f"{block.name}/A_eig_max": a_max,
+                        f"{block.name}/G_eig_min": g_min,
+                        f"{block.name}/G_eig_max": g_max,
+                    }
+                )
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state keyed by parameters (loadable with ``torch.load(weights_only=True)``)."""
+        for block, inverse in self._inverses.items():
+            self.state[block.weight]["inverse"] = inverse.tensors()
+        state = super().state_dict()
+        state["kfac"] = {"n_steps": self.n_steps, "inverse_age": self.inverse_age, "counters": dict(self.counters)}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("kfac", None)
+        if extra is None:
+            raise ValueError("Not a KFAC state dict: the 'kfac' entry is missing")
+        super().load_state_dict(state_dict)
+        self.n_steps = int(extra["n_steps"])
+        self.inverse_age = int(extra["inverse_age"])
+        self.counters.update({name: int(value) for name, value in extra["counters"].items()})
+        self._inverse_future = None
+        self._inverses = {}
+        damping = self.param_groups[0]["damping"]
+        for block in self.blocks:
+            saved = self.state[block.weight].get("inverse")
+            if saved is not None:
+                self._inverses[block] = BlockInverse.from_tensors(self.damping_mode, damping, saved)
+
+    def remove_hooks(self) -> None:
+        """Detach the optimizer from the model (its forward hooks)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
