@@ -233,7 +233,7 @@ class KFAC(th.optim.Optimizer):
 
     def factors(self, block: KroneckerBlock) -> tuple[th.Tensor, th.Tensor] | None:
         """The zero-debiased running averages ``(A, G)`` of a block, or None before its first statistics."""
-        state = self.state[block.weight]
+        state = self.state.get(block.weight, {})
         if "A_average" not in state:
             return None
         correction = 1.0 - self.stats_decay ** state["statistics_count"]

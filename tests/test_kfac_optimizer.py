@@ -1,0 +1,316 @@
+"""The K-FAC optimizer: trust region, schedules, hygiene, numerics and persistence."""
+
+import io
+import math
+
+import pytest
+import torch as th
+from torch import nn
+
+from sb3_acktr.kfac import KFAC
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    th.manual_seed(0)
+
+
+def small_cnn(inplace: bool = False) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 4, kernel_size=3, stride=2, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 8),
+        nn.Tanh(),
+        nn.Linear(8, 3),
+    )
+
+
+def fisher_and_loss(model: nn.Module, optimizer: KFAC, inputs: th.Tensor, targets: th.Tensor) -> th.Tensor:
+    """One update's forward + Fisher pass; returns the training loss (not yet backpropagated)."""
+    with optimizer.capture_statistics():
+        logits = model(inputs)
+    distribution = th.distributions.Categorical(logits=logits)
+    optimizer.update_statistics(-distribution.log_prob(distribution.sample()).sum())
+    return -distribution.log_prob(targets).mean()
+
+
+def full_update(model: nn.Module, optimizer: KFAC, inputs: th.Tensor, targets: th.Tensor) -> th.Tensor:
+    loss = fisher_and_loss(model, optimizer, inputs, targets)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def batch(n: int = 16) -> tuple[th.Tensor, th.Tensor]:
+    return th.randn(n, 2, 8, 8), th.randint(0, 3, (n,))
+
+
+def parameters_vector(model: nn.Module) -> th.Tensor:
+    return th.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_training_reduces_loss() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model, lr=0.25, kl_clip=0.01, inverse_update_interval=1)
+    inputs, targets = batch(32)
+    losses = [full_update(model, optimizer, inputs, targets).item() for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_trust_region_scale_is_one_when_satisfied_and_binds_otherwise() -> None:
+    inputs, targets = batch()
+    for lr, clipped in ((1e-4, False), (10.0, True)):
+        th.manual_seed(1)
+        model = small_cnn()
+        optimizer = KFAC(model, lr=lr, momentum=0.0, kl_clip=0.001)
+        before = parameters_vector(model)
+        full_update(model, optimizer, inputs, targets)
+        diagnostics = optimizer.diagnostics()
+        scale, vg_sum = diagnostics["trust_region_scale"], diagnostics["vg_sum"]
+        if clipped:
+            assert scale < 1.0
+            assert lr**2 * scale**2 * vg_sum == pytest.approx(0.001, rel=1e-6)
+        else:
+            assert scale == 1.0
+            assert lr**2 * vg_sum < 0.001
+        # Without momentum the step is exactly -lr * scale * V, whose <., grad> gives back vg_sum.
+        step = parameters_vector(model) - before
+        grads = th.cat([p.grad.reshape(-1) for p in model.parameters()])
+        assert float(-(step * grads).sum()) / (lr * scale) == pytest.approx(vg_sum, rel=1e-4)
+
+
+def test_zero_gradient_and_zero_learning_rate_are_safe() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model, lr=0.0, momentum=0.0)
+    inputs, targets = batch()
+    before = parameters_vector(model)
+    full_update(model, optimizer, inputs, targets)
+    assert th.equal(parameters_vector(model), before)
+    assert optimizer.diagnostics()["trust_region_scale"] == 1.0
+    optimizer.param_groups[0]["lr"] = 0.1
+    optimizer.zero_grad(set_to_none=False)
+    optimizer.step()
+    assert th.equal(parameters_vector(model), before)
+    assert optimizer.counters["skipped_steps"] == 0
+
+
+def test_learning_rate_is_read_from_param_group_each_step() -> None:
+    inputs, targets = batch()
+    steps = []
+    for lr in (0.01, 0.02):
+        th.manual_seed(2)
+        model = small_cnn()
+        optimizer = KFAC(model, lr=1.0, momentum=0.0, kl_clip=1e6)
+        optimizer.param_groups[0]["lr"] = lr
+        before = parameters_vector(model)
+        full_update(model, optimizer, inputs, targets)
+        steps.append(parameters_vector(model) - before)
+    assert th.allclose(steps[1], 2 * steps[0], rtol=1e-4, atol=1e-8)
+
+
+def test_fisher_pass_leaves_grad_untouched_and_keeps_graph() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model)
+    for p in model.parameters():
+        p.grad = th.full_like(p, 3.0)
+    inputs, targets = batch()
+    loss = fisher_and_loss(model, optimizer, inputs, targets)
+    assert all(th.equal(p.grad, th.full_like(p, 3.0)) for p in model.parameters())
+    loss.backward()  # the graph survived the Fisher pass
+    assert not all(th.equal(p.grad, th.full_like(p, 3.0)) for p in model.parameters())
+
+
+def test_no_statistics_without_capture_or_under_no_grad() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model)
+    inputs, _ = batch()
+    with th.no_grad(), optimizer.capture_statistics():
+        model(inputs)
+    logits = model(inputs)  # outside the context
+    assert not optimizer.update_statistics(logits.sum())
+    assert all(optimizer.factors(block) is None for block in optimizer.blocks)
+    assert optimizer.state_dict()["state"] == {}
+
+
+def test_in_place_activation_gives_same_statistics() -> None:
+    inputs, targets = batch()
+    factors = []
+    for inplace in (False, True):
+        th.manual_seed(3)
+        model = small_cnn(inplace=inplace)
+        optimizer = KFAC(model, stats_decay=0.0)
+        th.manual_seed(4)
+        fisher_and_loss(model, optimizer, inputs, targets)
+        factors.append([optimizer.factors(block) for block in optimizer.blocks])
+    for (a0, g0), (a1, g1) in zip(factors[0], factors[1]):
+        assert th.equal(a0, a1)
+        assert th.equal(g0, g1)
+
+
+class MixedModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, kernel_size=3, padding=1)
+        self.grouped = nn.Conv2d(4, 4, kernel_size=3, padding=1, groups=2)
+        self.norm = nn.LayerNorm(4 * 8 * 8)
+        self.head = nn.Linear(4 * 8 * 8, 3)
+        self.frozen = nn.Linear(3, 3)
+        self.frozen.requires_grad_(False)
+        self.log_std = nn.Parameter(th.zeros(3))
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return self.frozen(self.head(self.norm(self.grouped(self.conv(x)).flatten(1)))) + self.log_std
+
+
+def test_uncovered_parameters_are_listed_and_get_their_plain_gradient() -> None:
+    model = MixedModel()
+    optimizer = KFAC(model, momentum=0.0, lr=0.1, kl_clip=1e6)
+    assert set(optimizer.uncovered_parameters) == {"log_std", "grouped.weight", "grouped.bias", "norm.weight", "norm.bias"}
+    assert {block.name for block in optimizer.blocks} == {"conv", "head"}
+    before = model.log_std.detach().clone()
+    full_update(model, optimizer, *batch())
+    assert th.allclose(model.log_std.detach(), before - 0.1 * model.log_std.grad)
+
+
+def test_module_called_twice_is_rejected_with_its_name() -> None:
+    layer = nn.Linear(3, 3)
+    optimizer = KFAC(nn.Sequential(layer))
+    with pytest.raises(RuntimeError, match="'0' was called more than once"), optimizer.capture_statistics():
+        layer(layer(th.randn(2, 3)))
+
+
+def test_cached_inverses_equal_fresh_ones_at_refresh_steps() -> None:
+    inputs, targets = batch()
+    directions = {}
+    for interval in (1, 3):
+        th.manual_seed(5)
+        model = small_cnn()
+        optimizer = KFAC(model, lr=0.0, inverse_update_interval=interval)
+        directions[interval] = []
+        for _ in range(4):
+            full_update(model, optimizer, inputs, targets)
+            directions[interval].append(th.cat([v.reshape(-1) for v, _ in optimizer._natural_gradients().values()]))
+    assert th.equal(directions[1][0], directions[3][0])
+    assert not th.allclose(directions[1][1], directions[3][1])
+    assert th.equal(directions[1][3], directions[3][3])
+
+
+@pytest.mark.parametrize("damping_mode", ["exact", "factored"])
+def test_state_dict_round_trip_reproduces_the_step_bit_for_bit(damping_mode: str) -> None:
+    inputs, targets = batch()
+    model = small_cnn()
+    optimizer = KFAC(model, damping_mode=damping_mode, inverse_update_interval=3)
+    for _ in range(4):
+        full_update(model, optimizer, inputs, targets)
+    buffer = io.BytesIO()
+    th.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = th.load(buffer, weights_only=True)
+
+    th.manual_seed(6)
+    full_update(model, optimizer, inputs, targets)
+    expected = parameters_vector(model)
+
+    clone = small_cnn()
+    clone.load_state_dict(saved["model"])
+    clone_optimizer = KFAC(clone, damping_mode=damping_mode, inverse_update_interval=3)
+    clone_optimizer.load_state_dict(saved["optimizer"])
+    th.manual_seed(6)
+    full_update(clone, clone_optimizer, inputs, targets)
+    assert th.equal(parameters_vector(clone), expected)
+
+
+def test_non_finite_gradient_skips_the_step_and_is_counted() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model)
+    full_update(model, optimizer, *batch())
+    before = parameters_vector(model)
+    for p in model.parameters():
+        p.grad = th.full_like(p, math.nan)
+    optimizer.step()
+    assert th.equal(parameters_vector(model), before)
+    assert optimizer.counters["skipped_steps"] == 1
+
+
+def test_non_finite_input_is_survived() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model)
+    inputs, targets = batch()
+    full_update(model, optimizer, inputs, targets)
+    before = parameters_vector(model)
+    bad_inputs = inputs.clone()
+    bad_inputs[0, 0, 0, 0] = math.inf
+    with optimizer.capture_statistics():
+        logits = model(bad_inputs)
+    assert not optimizer.update_statistics(logits.sum())
+    optimizer.zero_grad()
+    logits.sum().backward()
+    optimizer.step()
+    assert th.equal(parameters_vector(model), before)
+    assert optimizer.counters["nonfinite_statistics"] == 1
+    assert optimizer.counters["skipped_steps"] == 1
+    full_update(model, optimizer, inputs, targets)  # training goes on
+    assert th.isfinite(parameters_vector(model)).all()
+    assert not th.equal(parameters_vector(model), before)
+
+
+def test_singular_factors_fall_back_to_float64_or_last_good_inverse(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = small_cnn()
+    optimizer = KFAC(model, inverse_update_interval=1)
+    inputs, targets = batch()
+    full_update(model, optimizer, inputs, targets)
+    real_eigh = th.linalg.eigh
+
+    def eigh_failing_in_float32(matrix: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        if matrix.dtype == th.float32:
+            raise th.linalg.LinAlgError("simulated failure")
+        return real_eigh(matrix)
+
+    monkeypatch.setattr(th.linalg, "eigh", eigh_failing_in_float32)
+    full_update(model, optimizer, inputs, targets)
+    assert optimizer.counters["float64_retries"] == 2 * len(optimizer.blocks)
+    assert optimizer.counters["inverse_failures"] == 0
+
+    def eigh_always_failing(matrix: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        raise th.linalg.LinAlgError("simulated failure")
+
+    monkeypatch.setattr(th.linalg, "eigh", eigh_always_failing)
+    full_update(model, optimizer, inputs, targets)
+    assert optimizer.counters["inverse_failures"] == len(optimizer.blocks)
+    assert th.isfinite(parameters_vector(model)).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(kl_clip=0.0), "kl_clip"),
+        (dict(damping=-0.1), "damping"),
+        (dict(damping="big"), "damping"),
+        (dict(stats_decay=1.0), "stats_decay"),
+        (dict(damping_mode="diagonal"), "damping_mode"),
+        (dict(conv_mode="sum"), "conv_mode"),
+        (dict(inverse_update_interval=0), "inverse_update_interval"),
+        (dict(stats_update_interval=2.5), "stats_update_interval"),
+    ],
+)
+def test_invalid_hyperparameters_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        KFAC(small_cnn(), **kwargs)
+
+
+def test_async_inverse_refresh_installs_new_inverses() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model, inverse_update_interval=1, async_inverse=True)
+    inputs, targets = batch()
+    full_update(model, optimizer, inputs, targets)  # first inverses: synchronous
+    first = {block: inverse for block, inverse in optimizer._inverses.items()}
+    full_update(model, optimizer, inputs, targets)  # submits a refresh
+    assert optimizer._inverse_future is not None
+    optimizer._inverse_future.result()
+    full_update(model, optimizer, inputs, targets)  # installs it
+    assert all(optimizer._inverses[block] is not first[block] for block in first)
+    assert th.isfinite(parameters_vector(model)).all()
