@@ -1,3 +1,4 @@
+import copy
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -255,9 +256,11 @@ class ACKTR(OnPolicyAlgorithm):
             kfac.step()
 
             if self.log_kl:
+                # The policy's Distribution object is reused by every forward: keep the old one's parameters.
+                old_distribution = copy.copy(distribution)
                 with th.no_grad():
                     new_distribution, _ = self._forward(rollout_data.observations)
-                    kl = kl_divergence(distribution, new_distribution).mean()
+                    kl = kl_divergence(old_distribution, new_distribution).mean()
                 self.logger.record("train/kl", kl.item())
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())

@@ -1,0 +1,182 @@
+"""ACKTR runs on every SB3 action space, policy layout and observation type."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import (
+    FakeImageEnv,
+    IdentityEnv,
+    IdentityEnvBox,
+    IdentityEnvMultiBinary,
+    IdentityEnvMultiDiscrete,
+    SimpleMultiObsEnv,
+)
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from sb3_acktr import ACKTR
+
+
+def parameters_finite(model: ACKTR) -> bool:
+    return all(bool(th.isfinite(p).all()) for p in model.policy.parameters())
+
+
+def silent_logger() -> Logger:
+    return Logger(folder=None, output_formats=[])
+
+
+def train_without_dump(model: ACKTR, total_timesteps: int) -> dict:
+    """Learn without dumping the logger, and return the last recorded values."""
+    model.set_logger(silent_logger())
+    model.learn(total_timesteps, log_interval=10**9)
+    return dict(model.logger.name_to_value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        IdentityEnv(4),
+        IdentityEnvBox(eps=0.5),
+        IdentityEnvMultiDiscrete(3),
+        IdentityEnvMultiBinary(3),
+    ],
+    ids=["discrete", "box", "multidiscrete", "multibinary"],
+)
+def test_every_action_space(env: gym.Env) -> None:
+    model = ACKTR("MlpPolicy", env, n_steps=8, seed=0)
+    values = train_without_dump(model, 64)
+    assert parameters_finite(model)
+    assert values["kfac/skipped_steps"] == 0
+    assert values["kfac/trust_region_scale"] > 0
+
+
+@pytest.mark.parametrize("damping_mode", ["exact", "factored"])
+@pytest.mark.parametrize("share_features_extractor", [True, False])
+def test_damping_modes_and_shared_or_separate_extractors(damping_mode: str, share_features_extractor: bool) -> None:
+    model = ACKTR(
+        "CnnPolicy",
+        FakeImageEnv(screen_height=36, screen_width=36, n_channels=1),
+        n_steps=4,
+        damping_mode=damping_mode,
+        policy_kwargs=dict(share_features_extractor=share_features_extractor, features_extractor_kwargs=dict(features_dim=32)),
+        seed=0,
+    )
+    names = {block.name for block in model.kfac.blocks}
+    if share_features_extractor:
+        assert any(name.startswith("features_extractor.cnn") for name in names)
+    else:
+        assert any(name.startswith("features_extractor.cnn") for name in names)
+        assert any(name.startswith("vf_features_extractor.cnn") for name in names)
+    values = train_without_dump(model, 16)
+    assert parameters_finite(model)
+    assert values["kfac/skipped_steps"] == 0
+
+
+@pytest.mark.parametrize("conv_mode", ["expand", "reduce"])
+def test_cnn_conv_modes(conv_mode: str) -> None:
+    model = ACKTR("CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36), n_steps=4, conv_mode=conv_mode, seed=0)
+    train_without_dump(model, 12)
+    assert parameters_finite(model)
+
+
+def test_gsde_with_uncovered_parameters() -> None:
+    model = ACKTR("MlpPolicy", "Pendulum-v1", n_steps=16, use_sde=True, sde_sample_freq=4, seed=0)
+    assert "log_std" in model.kfac.uncovered_parameters
+    values = train_without_dump(model, 64)
+    assert values["kfac/uncovered_parameters"] == len(model.kfac.uncovered_parameters)
+    assert parameters_finite(model)
+
+
+def test_box_log_std_is_uncovered_and_trained() -> None:
+    model = ACKTR("MlpPolicy", "Pendulum-v1", n_steps=16, seed=0)
+    assert model.kfac.uncovered_parameters == ["log_std"]
+    before = model.policy.log_std.detach().clone()
+    values = train_without_dump(model, 64)
+    assert not th.equal(model.policy.log_std.detach(), before)
+    assert "train/std" in values
+
+
+def test_empty_net_arch_and_dict_observations() -> None:
+    model = ACKTR("MultiInputPolicy", SimpleMultiObsEnv(random_start=False), n_steps=8, policy_kwargs=dict(net_arch=[]), seed=0)
+    # Only the action and value heads, plus the image encoder of the combined extractor.
+    assert {"action_net", "value_net"} <= {block.name for block in model.kfac.blocks}
+    train_without_dump(model, 32)
+    assert parameters_finite(model)
+
+
+class NormalisedExtractor(BaseFeaturesExtractor):
+    """A custom extractor with a layer K-FAC cannot model (LayerNorm) between two it can."""
+
+    def __init__(self, observation_space: spaces.Box) -> None:
+        super().__init__(observation_space, features_dim=16)
+        self.net = th.nn.Sequential(
+            th.nn.Linear(int(np.prod(observation_space.shape)), 16), th.nn.LayerNorm(16), th.nn.ReLU(inplace=True)
+        )
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.net(observations)
+
+
+def test_custom_feature_extractor_with_uncovered_layer() -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, policy_kwargs=dict(features_extractor_class=NormalisedExtractor), seed=0)
+    assert model.kfac.uncovered_parameters == ["features_extractor.net.1.weight", "features_extractor.net.1.bias"]
+    train_without_dump(model, 32)
+    assert parameters_finite(model)
+
+
+def test_logging_keys_and_kl_flag() -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, log_kl=True, seed=0, verbose=0)
+    values = train_without_dump(model, 32)
+    for key in (
+        "train/explained_variance",
+        "train/entropy_loss",
+        "train/policy_loss",
+        "train/value_loss",
+        "train/learning_rate",
+        "train/kl",
+        "kfac/trust_region_scale",
+        "kfac/vg_sum",
+        "kfac/inverse_age",
+        "kfac/skipped_steps",
+        "kfac/inverse_failures",
+    ):
+        assert key in values, key
+    assert values["train/kl"] >= 0
+
+
+def test_per_layer_diagnostics_at_verbose_2() -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, verbose=2)
+    values = train_without_dump(model, 16)
+    assert "kfac/action_net/pi" in values
+    assert values["kfac/action_net/A_eig_max"] >= values["kfac/action_net/A_eig_min"] >= 0
+
+
+def test_trust_region_bounds_the_kl_of_one_update() -> None:
+    """Momentum off, critic loss off, a learning rate the trust region must cut: KL(old || new) ~ kl_clip / 2."""
+    kl_clip = 0.002
+    model = ACKTR(
+        "MlpPolicy",
+        make_vec_env("CartPole-v1", n_envs=4, seed=0),
+        n_steps=32,
+        learning_rate=100.0,
+        momentum=0.0,
+        kl_clip=kl_clip,
+        vf_coef=0.0,
+        ent_coef=0.0,
+        log_kl=True,
+        seed=0,
+    )
+    values = train_without_dump(model, 128)
+    assert values["kfac/trust_region_scale"] < 1.0
+    assert kl_clip / 2 / 4 < values["train/kl"] < kl_clip / 2 * 2
+
+
+def test_progress_bar_and_vecnormalize() -> None:
+    env = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2))
+    model = ACKTR("MlpPolicy", env, n_steps=8, seed=0)
+    model.learn(64, progress_bar=True)
+    assert parameters_finite(model)
