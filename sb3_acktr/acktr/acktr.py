@@ -1,8 +1,10 @@
 import copy
+import math
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.base_class import maybe_make_env
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import Distribution, kl_divergence
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -19,6 +21,7 @@ from sb3_acktr.kfac.inverses import DampingMode
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
 
 
 class ACKTR(OnPolicyAlgorithm):
@@ -114,6 +117,10 @@ class ACKTR(OnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
+        _check_learning_rate(learning_rate)
+        if env is not None:
+            env = maybe_make_env(env, verbose)
+            _check_observation_space(env.observation_space)
         super().__init__(
             policy,
             env,
@@ -298,3 +305,21 @@ class ACKTR(OnPolicyAlgorithm):
 def _check_non_negative(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+
+def _check_learning_rate(learning_rate: Any) -> None:
+    if callable(learning_rate):
+        return
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not 0 <= learning_rate < math.inf:
+        raise ValueError(f"learning_rate must be a non-negative number or a schedule, got {learning_rate!r}")
+
+
+def _check_observation_space(space: spaces.Space) -> None:
+    """Refuse, before any wrapper or network is built, observation spaces that SB3's policies cannot encode."""
+    subspaces = space.spaces.values() if isinstance(space, spaces.Dict) else [space]
+    for subspace in subspaces:
+        if isinstance(subspace, spaces.Dict) or not isinstance(subspace, SUPPORTED_OBSERVATION_SPACES):
+            raise ValueError(
+                f"ACKTR does not support {type(subspace).__name__} observation spaces ({subspace}): use Box, Discrete, "
+                "MultiDiscrete, MultiBinary, or a flat Dict of these"
+            )

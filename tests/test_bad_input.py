@@ -1,0 +1,89 @@
+"""Bad input is refused before any training starts, with a message naming the problem."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from stable_baselines3.common.envs import IdentityEnv
+from stable_baselines3.common.policies import BasePolicy
+
+from sb3_acktr import ACKTR
+
+
+class SpaceEnv(gym.Env):
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+        self.observation_space = observation_space
+        self.action_space = action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        return self.observation_space.sample(), {}
+
+    def step(self, action):  # type: ignore[override]
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+BOX = spaces.Box(-1, 1, (3,), np.float32)
+
+
+@pytest.mark.parametrize(
+    "action_space",
+    [spaces.Tuple([spaces.Discrete(2), spaces.Discrete(3)]), spaces.Text(5), spaces.Dict({"a": spaces.Discrete(2)})],
+    ids=["tuple", "text", "dict"],
+)
+def test_unsupported_action_space(action_space: spaces.Space) -> None:
+    with pytest.raises(AssertionError, match="only supports"):
+        ACKTR("MlpPolicy", SpaceEnv(BOX, action_space))
+
+
+@pytest.mark.parametrize(
+    "observation_space",
+    [
+        spaces.Tuple([BOX, BOX]),
+        spaces.Text(5),
+        spaces.Graph(node_space=BOX, edge_space=None),
+        spaces.Dict({"nested": spaces.Dict({"x": BOX})}),
+    ],
+    ids=["tuple", "text", "graph", "nested-dict"],
+)
+def test_unsupported_observation_space(observation_space: spaces.Space) -> None:
+    with pytest.raises(ValueError, match=f"does not support {type(observation_space).__name__} observation"):
+        ACKTR("MlpPolicy", SpaceEnv(observation_space, spaces.Discrete(2)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(kl_clip=0.0), "kl_clip"),
+        (dict(kl_clip=-1e-3), "kl_clip"),
+        (dict(damping=0), "damping"),
+        (dict(damping=float("nan")), "damping"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(momentum=-0.1), "momentum"),
+        (dict(stats_decay=1.5), "stats_decay"),
+        (dict(damping_mode="eigen"), "damping_mode"),
+        (dict(conv_mode="mean"), "conv_mode"),
+        (dict(inverse_update_interval=0), "inverse_update_interval"),
+        (dict(stats_update_interval="1"), "stats_update_interval"),
+        (dict(vf_fisher_coef=-1.0), "vf_fisher_coef"),
+        (dict(vf_coef=None), "vf_coef"),
+        (dict(learning_rate=-0.1), "learning_rate"),
+        (dict(n_steps=1), "at least 2 samples"),
+        (dict(policy_kwargs=dict(optimizer_class=object)), "optimizer_class"),
+    ],
+)
+def test_invalid_hyperparameters_are_named(kwargs: dict, name: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=name):
+        ACKTR("MlpPolicy", IdentityEnv(2), **kwargs)
+
+
+class NotActorCritic(BasePolicy):
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule, **kwargs) -> None:
+        super().__init__(observation_space, action_space)
+
+    def _predict(self, observation, deterministic: bool = False):  # type: ignore[override]
+        raise NotImplementedError
+
+
+def test_policy_without_actor_critic_heads() -> None:
+    with pytest.raises(TypeError, match="ActorCriticPolicy"):
+        ACKTR(NotActorCritic, IdentityEnv(2))

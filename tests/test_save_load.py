@@ -1,0 +1,96 @@
+"""Save/load restores the K-FAC state exactly; seeded runs are reproducible."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import FakeImageEnv
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.utils import set_random_seed
+
+from sb3_acktr import ACKTR
+
+
+def parameters_vector(model: ACKTR) -> th.Tensor:
+    return th.cat([p.detach().reshape(-1) for p in model.policy.parameters()])
+
+
+def make_model(**kwargs) -> ACKTR:
+    model = ACKTR("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), n_steps=16, seed=0, **kwargs)
+    model.set_logger(Logger(None, []))
+    return model
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(inverse_update_interval=3),
+        dict(damping_mode="factored", stats_update_interval=2),
+        dict(use_sde=True),
+    ],
+)
+def test_next_update_after_load_is_bit_identical(tmp_path: Path, kwargs: dict) -> None:
+    model = make_model(**kwargs)
+    model.learn(16 * 2 * 5, log_interval=10**9)
+    model.save(tmp_path / "acktr")
+    loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+    loaded.set_logger(Logger(None, []))
+    assert th.equal(parameters_vector(loaded), parameters_vector(model))
+    assert loaded.kfac.n_steps == model.kfac.n_steps == 5
+
+    # Same batch, same random state (batch order, Fisher samples): the same update.
+    loaded.rollout_buffer = copy.deepcopy(model.rollout_buffer)
+    for algorithm in (model, loaded):
+        set_random_seed(123)
+        algorithm.train()
+    assert th.equal(parameters_vector(loaded), parameters_vector(model))
+    assert not loaded.kfac.counters["skipped_steps"]
+
+
+def test_continue_training_after_load(tmp_path: Path) -> None:
+    model = make_model()
+    model.learn(64, log_interval=10**9)
+    model.save(tmp_path / "acktr")
+    loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("Pendulum-v1", n_envs=2, seed=1))
+    loaded.learn(64, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 128
+    assert loaded.kfac.n_steps == 4
+
+
+def test_load_with_zero_learning_rate_does_not_move(tmp_path: Path) -> None:
+    """rl-zoo3's enjoy and record_video load with ``learning_rate: 0.0``."""
+    model = make_model()
+    model.learn(64, log_interval=10**9)
+    model.save(tmp_path / "acktr")
+    loaded = ACKTR.load(
+        tmp_path / "acktr",
+        env=make_vec_env("Pendulum-v1", n_envs=2, seed=1),
+        custom_objects={"learning_rate": 0.0, "lr_schedule": lambda _: 0.0},
+    )
+    before = parameters_vector(loaded)
+    loaded.learn(64)
+    assert th.equal(parameters_vector(loaded), before)
+
+
+def test_cnn_save_load_keeps_factors(tmp_path: Path) -> None:
+    model = ACKTR("CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36), n_steps=4, seed=0)
+    model.set_logger(Logger(None, []))
+    model.learn(12)
+    model.save(tmp_path / "acktr")
+    loaded = ACKTR.load(tmp_path / "acktr")
+    for block, loaded_block in zip(model.kfac.blocks, loaded.kfac.blocks):
+        original, restored = model.kfac.factors(block), loaded.kfac.factors(loaded_block)
+        assert original is not None and restored is not None
+        assert th.equal(original[0], restored[0]) and th.equal(original[1], restored[1])
+
+
+def test_same_seed_same_parameters() -> None:
+    vectors = []
+    for _ in range(2):
+        model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=3)
+        model.set_logger(Logger(None, []))
+        model.learn(8 * 12)
+        vectors.append(parameters_vector(model))
+    assert th.equal(vectors[0], vectors[1])
