@@ -144,7 +144,7 @@ def test_in_place_activation_gives_same_statistics() -> None:
         th.manual_seed(4)
         fisher_and_loss(model, optimizer, inputs, targets)
         factors.append([optimizer.factors(block) for block in optimizer.blocks])
-    for (a0, g0), (a1, g1) in zip(factors[0], factors[1]):
+    for (a0, g0), (a1, g1) in zip(factors[0], factors[1], strict=True):
         assert th.equal(a0, a1)
         assert th.equal(g0, g1)
 

@@ -101,7 +101,9 @@ def test_box_log_std_is_uncovered_and_trained() -> None:
 
 
 def test_empty_net_arch_and_dict_observations() -> None:
-    model = ACKTR("MultiInputPolicy", SimpleMultiObsEnv(random_start=False), n_steps=8, policy_kwargs=dict(net_arch=[]), seed=0)
+    model = ACKTR(
+        "MultiInputPolicy", SimpleMultiObsEnv(random_start=False), n_steps=8, policy_kwargs=dict(net_arch=[]), seed=0
+    )
     # Only the action and value heads, plus the image encoder of the combined extractor.
     assert {"action_net", "value_net"} <= {block.name for block in model.kfac.blocks}
     train_without_dump(model, 32)
@@ -122,7 +124,9 @@ class NormalisedExtractor(BaseFeaturesExtractor):
 
 
 def test_custom_feature_extractor_with_uncovered_layer() -> None:
-    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, policy_kwargs=dict(features_extractor_class=NormalisedExtractor), seed=0)
+    model = ACKTR(
+        "MlpPolicy", "CartPole-v1", n_steps=8, policy_kwargs=dict(features_extractor_class=NormalisedExtractor), seed=0
+    )
     assert model.kfac.uncovered_parameters == ["features_extractor.net.1.weight", "features_extractor.net.1.bias"]
     train_without_dump(model, 32)
     assert parameters_finite(model)

@@ -80,7 +80,7 @@ def test_cnn_save_load_keeps_factors(tmp_path: Path) -> None:
     model.learn(12)
     model.save(tmp_path / "acktr")
     loaded = ACKTR.load(tmp_path / "acktr")
-    for block, loaded_block in zip(model.kfac.blocks, loaded.kfac.blocks):
+    for block, loaded_block in zip(model.kfac.blocks, loaded.kfac.blocks, strict=True):
         original, restored = model.kfac.factors(block), loaded.kfac.factors(loaded_block)
         assert original is not None and restored is not None
         assert th.equal(original[0], restored[0]) and th.equal(original[1], restored[1])

@@ -14,9 +14,9 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from sb3_acktr.kfac import KFAC
-from sb3_acktr.kfac.optimizer import check_hyperparameters
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
+from sb3_acktr.kfac.optimizer import check_hyperparameters
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 

@@ -21,7 +21,7 @@ Conventions (see the README, section "K-FAC conventions"):
   the patches of an example are equal and needs a ``T``-times smaller product for ``A``.
 """
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch as th
 import torch.nn.functional as F
@@ -60,11 +60,11 @@ class KroneckerBlock:
         self.name = name
         self.module = module
         self.conv_mode = conv_mode
-        self.weight: nn.Parameter = module.weight
-        self.bias: nn.Parameter | None = module.bias
+        self.weight: th.Tensor = module.weight
+        self.bias: th.Tensor | None = module.bias
 
     @property
-    def parameters(self) -> list[nn.Parameter]:
+    def parameters(self) -> list[th.Tensor]:
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
     @property
@@ -77,7 +77,8 @@ class KroneckerBlock:
         if self.is_conv:
             conv = self.module
             assert isinstance(conv, nn.Conv2d)
-            patches = F.unfold(inputs, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (B, C*k*k, T)
+            padding = cast(tuple[int, int], conv.padding)  # never a string: see is_supported_layer
+            patches = F.unfold(inputs, conv.kernel_size, conv.dilation, padding, conv.stride)  # (B, C*k*k, T)
             if self.conv_mode == "reduce":
                 rows = patches.mean(dim=2)
             else:

@@ -79,7 +79,9 @@ def symmetrize(matrix: th.Tensor) -> th.Tensor:
     return (matrix + matrix.T) / 2
 
 
-def _with_float64_retry(function: Callable[[th.Tensor], tuple[th.Tensor, ...]], matrix: th.Tensor) -> tuple[bool, tuple[th.Tensor, ...]]:
+def _with_float64_retry(
+    function: Callable[[th.Tensor], tuple[th.Tensor, ...]], matrix: th.Tensor
+) -> tuple[bool, tuple[th.Tensor, ...]]:
     """
     Run ``function`` on ``matrix``; if it raises or returns non-finite values, run it again in float64.
 

@@ -286,16 +286,18 @@ class KFAC(th.optim.Optimizer):
         self._install_inverses(*self._timed_inverses(factors, damping))
 
     # ------------------------------------------------------------------ step
-    def _natural_gradients(self) -> dict[nn.Parameter, tuple[th.Tensor, th.Tensor]]:
+    def _natural_gradients(self) -> dict[th.Tensor, tuple[th.Tensor, th.Tensor]]:
         """Map each parameter with a gradient to ``(V, grad)``: preconditioned where a block covers it, raw otherwise."""
-        directions: dict[nn.Parameter, tuple[th.Tensor, th.Tensor]] = {}
+        directions: dict[th.Tensor, tuple[th.Tensor, th.Tensor]] = {}
         for block in self.blocks:
             grad = block.gradient_matrix()
             if grad is None:
                 continue
             inverse = self._inverses.get(block)
             natural = inverse.precondition(grad) if inverse is not None else grad
-            for param, p_natural, p_grad in zip(block.parameters, block.split_matrix(natural), block.split_matrix(grad)):
+            for param, p_natural, p_grad in zip(
+                block.parameters, block.split_matrix(natural), block.split_matrix(grad), strict=True
+            ):
                 directions[param] = (p_natural, p_grad)
         for group in self.param_groups:
             for param in group["params"]:
