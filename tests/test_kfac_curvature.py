@@ -37,10 +37,11 @@ def test_conv_patch_layout_reproduces_conv2d(conv_kwargs: dict) -> None:
     conv = nn.Conv2d(3, 5, **conv_kwargs).to(DTYPE)
     block = KroneckerBlock("conv", conv)
     inputs = th.randn(4, 3, 17, 15, dtype=DTYPE)
-    rows, batch_size = block._activation_rows(inputs)
+    patches = block.patches(inputs)
+    if block.bias is not None:
+        patches = th.cat([patches, th.ones_like(patches[:, :1])], dim=1)
     expected = conv(inputs)
-    out_h, out_w = expected.shape[2:]
-    via_patches = (rows @ weight_matrix(block).T).reshape(batch_size, out_h, out_w, 5).permute(0, 3, 1, 2)
+    via_patches = (weight_matrix(block) @ patches).reshape(expected.shape)
     assert th.allclose(via_patches, expected, atol=1e-12)
 
 

@@ -71,23 +71,22 @@ class KroneckerBlock:
     def is_conv(self) -> bool:
         return isinstance(self.module, nn.Conv2d)
 
-    def _activation_rows(self, inputs: th.Tensor) -> tuple[th.Tensor, int]:
-        """Rows ``a`` (with the homogeneous coordinate) and the number of examples ``B``."""
-        batch_size = inputs.shape[0]
-        if self.is_conv:
-            conv = self.module
-            assert isinstance(conv, nn.Conv2d)
-            padding = cast(tuple[int, int], conv.padding)  # never a string: see is_supported_layer
-            patches = F.unfold(inputs, conv.kernel_size, conv.dilation, padding, conv.stride)  # (B, C*k*k, T)
-            if self.conv_mode == "reduce":
-                rows = patches.mean(dim=2)
-            else:
-                rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-        else:
-            rows = inputs.reshape(-1, inputs.shape[-1])
-        if self.bias is not None:
-            rows = th.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-        return rows, batch_size
+    def patches(self, inputs: th.Tensor) -> th.Tensor:
+        """Convolution patches ``(B, C * kh * kw, T)``, columns ordered like ``weight.view(out, -1)``."""
+        conv = self.module
+        assert isinstance(conv, nn.Conv2d)
+        padding = cast(tuple[int, int], conv.padding)  # never a string: see is_supported_layer
+        return F.unfold(inputs, conv.kernel_size, conv.dilation, padding, conv.stride)
+
+    def _activation_moments(self, inputs: th.Tensor) -> tuple[th.Tensor, th.Tensor, int]:
+        """Sum of outer products and sum of the activation rows (without the homogeneous coordinate), and their count."""
+        if self.is_conv and self.conv_mode == "expand":
+            patches = self.patches(inputs)
+            # Batched products avoid copying the (B * T, D) row matrix out of the unfolded layout.
+            gram = th.bmm(patches, patches.transpose(1, 2)).sum(dim=0)
+            return gram, patches.sum(dim=(0, 2)), patches.shape[0] * patches.shape[2]
+        rows = self.patches(inputs).mean(dim=2) if self.is_conv else inputs.reshape(-1, inputs.shape[-1])
+        return rows.T @ rows, rows.sum(dim=0), rows.shape[0]
 
     def _gradient_rows(self, output_grad: th.Tensor) -> tuple[th.Tensor, int]:
         """Rows ``g`` of per-example output gradients and the number of examples ``B``."""
@@ -101,10 +100,17 @@ class KroneckerBlock:
     def activation_factor(self, inputs: th.Tensor) -> th.Tensor:
         """
         :param inputs: the layer's input for one batch
-        :return: ``A``, the mean outer product of the activation rows
+        :return: ``A``, the mean outer product of the activation rows (with the homogeneous coordinate if biased)
         """
-        rows, _ = self._activation_rows(inputs)
-        return rows.T @ rows / rows.shape[0]
+        gram, total, count = self._activation_moments(inputs)
+        if self.bias is None:
+            return gram / count
+        # Appending a constant 1 to every row adds the row mean as last row and column, and 1 in the corner.
+        factor = gram.new_empty(gram.shape[0] + 1, gram.shape[1] + 1)
+        factor[:-1, :-1] = gram / count
+        factor[:-1, -1] = factor[-1, :-1] = total / count
+        factor[-1, -1] = 1.0
+        return factor
 
     def gradient_factor(self, output_grad: th.Tensor) -> th.Tensor:
         """
