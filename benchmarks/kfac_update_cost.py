@@ -91,10 +91,8 @@ def kfac_step(policy: ActorCriticPolicy, optimizer: KFAC, batch: tuple[th.Tensor
         distribution, values = forward(policy, batch[0])
     if statistics_update:
         sampled = distribution.get_actions().detach()
-        fisher_loss = (
-            -distribution.log_prob(sampled).sum() + 0.5 * ((values - values.detach() - th.randn_like(values)) ** 2).sum()
-        )
-        optimizer.update_statistics(fisher_loss)
+        critic_nll = 0.5 * ((values - values.detach() - th.randn_like(values)) ** 2).sum()
+        optimizer.update_statistics(-distribution.log_prob(sampled).sum() + critic_nll)
     loss = a2c_loss(distribution, values, batch)
     optimizer.zero_grad()
     loss.backward()
