@@ -1,0 +1,98 @@
+"""
+rl-zoo3 integration: ACKTR as a zoo algorithm, with this package's hyperparameter file.
+
+    python -m sb3_acktr.zoo train --env CartPole-v1                  # or the console script `sb3-acktr-zoo`
+    python -m sb3_acktr.zoo train --env CartPole-v1 -optimize -n 50000 --n-trials 20
+    python -m sb3_acktr.zoo enjoy --env CartPole-v1 -f logs/
+    python -m sb3_acktr.zoo record_video --env CartPole-v1 -f logs/ -n 1000
+
+Every rl-zoo3 option is passed through. ``--algo`` defaults to ``acktr``, and ``train`` reads
+``sb3_acktr/hyperparams/acktr.yml`` unless ``-conf``/``--conf-file`` is given.
+"""
+
+import runpy
+import sys
+from importlib import resources
+from typing import Any
+
+import optuna
+
+from sb3_acktr.acktr import ACKTR
+
+COMMANDS = ("train", "enjoy", "record_video")
+
+
+def default_hyperparameters_file() -> str:
+    """Path of the hyperparameter file shipped with the package (the same file as ``hyperparams/acktr.yml``)."""
+    return str(resources.files("sb3_acktr") / "hyperparams" / "acktr.yml")
+
+
+def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Optuna sampler for ACKTR: the A2C search space of rl-zoo3 with ACKTR's learning rates, plus the K-FAC knobs
+    (trust region, damping, momentum, statistics decay, damping mode and inverse refresh interval).
+    """
+    from rl_zoo3.hyperparams_opt import convert_onpolicy_params
+
+    sampled = {
+        "n_steps": trial.suggest_categorical("n_steps", [5, 10, 20, 32, 64, 128, 256]),
+        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
+        "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 0.0001, 0.1, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 1.0, log=True),
+        "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.1, log=True),
+        "vf_coef": trial.suggest_float("vf_coef", 0.1, 1.0),
+        "kl_clip": trial.suggest_float("kl_clip", 1e-4, 1e-2, log=True),
+        "damping": trial.suggest_float("damping", 1e-4, 1e-1, log=True),
+        "momentum": trial.suggest_categorical("momentum", [0.0, 0.5, 0.9]),
+        "stats_decay": trial.suggest_categorical("stats_decay", [0.9, 0.95, 0.99]),
+        "damping_mode": trial.suggest_categorical("damping_mode", ["exact", "factored"]),
+        "inverse_update_interval": trial.suggest_categorical("inverse_update_interval", [1, 10, 50]),
+        "net_arch": trial.suggest_categorical("net_arch", ["tiny", "small", "medium"]),
+        "activation_fn": trial.suggest_categorical("activation_fn", ["tanh", "relu"]),
+    }
+    trial.set_user_attr("gamma", 1 - sampled["one_minus_gamma"])
+    return convert_onpolicy_params(sampled)
+
+
+def register() -> None:
+    """Make ``acktr`` an rl-zoo3 algorithm: its class, Optuna sampler and trial-parameter converter."""
+    from rl_zoo3 import ALGOS
+    from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER, convert_onpolicy_params
+
+    ALGOS["acktr"] = ACKTR
+    HYPERPARAMS_SAMPLER["acktr"] = sample_acktr_params
+    HYPERPARAMS_CONVERTER["acktr"] = convert_onpolicy_params
+
+
+def zoo_arguments(command: str, arguments: list[str]) -> list[str]:
+    """The zoo's command line: ``--algo acktr`` unless another is named, and our hyperparameters for ``train``."""
+    arguments = list(arguments)
+    if "--algo" not in arguments:
+        arguments = ["--algo", "acktr", *arguments]
+    if command == "train" and not {"-conf", "--conf-file"} & set(arguments):
+        arguments += ["--conf-file", default_hyperparameters_file()]
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        raise SystemExit(f"usage: python -m sb3_acktr.zoo {{{','.join(COMMANDS)}}} [rl-zoo3 options]\n{__doc__}")
+    command, arguments = argv[0], zoo_arguments(argv[0], argv[1:])
+    register()
+    sys.argv = [f"rl_zoo3.{command}", *arguments]
+    if command == "train":
+        from rl_zoo3.train import train
+
+        train()
+    elif command == "enjoy":
+        from rl_zoo3.enjoy import enjoy
+
+        enjoy()
+    else:
+        # rl_zoo3.record_video is a script without a main function.
+        runpy.run_module("rl_zoo3.record_video", run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""rl-zoo3 integration: every hyperparameter section trains, and the zoo's train/enjoy/continue/optimize work."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sb3_acktr import ACKTR
+from sb3_acktr.zoo import default_hyperparameters_file, main, zoo_arguments
+
+pytest.importorskip("rl_zoo3", reason="the zoo extra is not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = yaml.safe_load(Path(default_hyperparameters_file()).read_text())
+REQUIRED_SECTIONS = {
+    "atari",
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "LunarLander-v3",
+    "LunarLanderContinuous-v3",
+    "Pendulum-v1",
+    "BipedalWalker-v3",
+    "HalfCheetah-v5",
+    "Hopper-v5",
+    "Walker2d-v5",
+    "Ant-v5",
+    "Swimmer-v5",
+}
+
+
+def zoo(*arguments: str) -> None:
+    main([str(argument) for argument in arguments])
+
+
+def run_directory(log_folder: Path, env_id: str) -> Path:
+    runs = sorted((log_folder / "acktr").glob(f"{env_id}_*"), key=lambda path: int(path.name.rsplit("_", 1)[1]))
+    assert runs, f"no run of {env_id} in {log_folder}"
+    return runs[-1]
+
+
+def test_hyperparameter_file_is_the_shipped_one() -> None:
+    assert (ROOT / "hyperparams" / "acktr.yml").read_text() == Path(default_hyperparameters_file()).read_text()
+    assert REQUIRED_SECTIONS <= set(SECTIONS)
+
+
+def test_arguments_default_to_acktr_and_our_file() -> None:
+    assert zoo_arguments("train", ["--env", "X"]) == [
+        "--algo",
+        "acktr",
+        "--env",
+        "X",
+        "--conf-file",
+        default_hyperparameters_file(),
+    ]
+    assert zoo_arguments("train", ["--algo", "a2c", "-conf", "a.yml"]) == ["--algo", "a2c", "-conf", "a.yml"]
+    assert zoo_arguments("enjoy", ["--env", "X"]) == ["--algo", "acktr", "--env", "X"]
+
+
+def section_env_id(section: str) -> str:
+    return "PongNoFrameskip-v4" if section == "atari" else section
+
+
+@pytest.mark.parametrize("section", sorted(REQUIRED_SECTIONS))
+def test_every_section_builds_and_runs_updates(section: str, tmp_path: Path) -> None:
+    hyperparams = SECTIONS[section]
+    n_envs = hyperparams.get("n_envs", 1)
+    n_steps = hyperparams.get("n_steps", 20)
+    n_updates = 1 if section == "atari" or n_steps >= 2048 else 2
+    env_id = section_env_id(section)
+    zoo("train", "--env", env_id, "-n", n_updates * n_envs * n_steps, "-f", tmp_path, "--seed", 0, "--eval-freq", -1)
+    run = run_directory(tmp_path, env_id)
+    model = ACKTR.load(run / f"{env_id}.zip")
+    assert model.kfac.n_steps == n_updates
+    assert model.n_steps == n_steps and model.n_envs == n_envs
+    if hyperparams.get("normalize"):
+        assert (run / env_id / "vecnormalize.pkl").is_file()
+
+
+def test_train_enjoy_continue_and_optimize(tmp_path: Path) -> None:
+    env_id = "Acrobot-v1"  # normalized: VecNormalize statistics must be saved and reused
+    zoo("train", "--env", env_id, "-n", 640, "-f", tmp_path, "--seed", 1, "--eval-freq", -1)
+    run = run_directory(tmp_path, env_id)
+    for name in ("args.yml", "config.yml", "vecnormalize.pkl"):
+        assert (run / env_id / name).is_file(), name
+    assert list(run.glob("*.monitor.csv"))
+
+    zoo("enjoy", "--env", env_id, "-f", tmp_path, "-n", 50, "--no-render")
+
+    zoo("train", "--env", env_id, "-n", 640, "-f", tmp_path, "--seed", 2, "--eval-freq", -1, "-i", run / f"{env_id}.zip")
+    continued = run_directory(tmp_path, env_id)
+    assert continued != run
+    model = ACKTR.load(continued / f"{env_id}.zip")
+    assert model.kfac.n_steps == 4  # 2 updates, then 2 more after loading
+
+    zoo(
+        "train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path / "opt", "-optimize", "--n-trials", 2,
+        "--n-jobs", 1, "--sampler", "random", "--pruner", "none", "--eval-episodes", 2, "--n-evaluations", 1, "--seed", 0,
+    )  # fmt: skip
+    reports = list((tmp_path / "opt" / "acktr").glob("report_CartPole-v1_2-trials-320-random-none_*.csv"))
+    assert reports
+
+
+def test_console_script_prints_usage() -> None:
+    script = shutil.which("sb3-acktr-zoo")
+    assert script is not None, "the console script is not installed"
+    result = subprocess.run([script], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "usage: python -m sb3_acktr.zoo {train,enjoy,record_video}" in result.stderr
+
+
+def test_record_video(tmp_path: Path) -> None:
+    pytest.importorskip("moviepy")
+    zoo("train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path, "--seed", 0, "--eval-freq", -1)
+    env = dict(os.environ, MPLBACKEND="Agg")
+    subprocess.run(
+        [sys.executable, "-m", "sb3_acktr.zoo", "record_video", "--env", "CartPole-v1", "-f", tmp_path, "-n", "20"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    assert list((run_directory(tmp_path, "CartPole-v1") / "videos").glob("*.mp4"))
