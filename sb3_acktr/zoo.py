@@ -34,9 +34,10 @@ def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
     """
     from rl_zoo3.hyperparams_opt import convert_onpolicy_params
 
+    one_minus_gamma = trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True)
     sampled = {
         "n_steps": trial.suggest_categorical("n_steps", [5, 10, 20, 32, 64, 128, 256]),
-        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
+        "one_minus_gamma": one_minus_gamma,
         "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 0.0001, 0.1, log=True),
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 1.0, log=True),
         "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.1, log=True),
@@ -50,7 +51,7 @@ def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
         "net_arch": trial.suggest_categorical("net_arch", ["tiny", "small", "medium"]),
         "activation_fn": trial.suggest_categorical("activation_fn", ["tanh", "relu"]),
     }
-    trial.set_user_attr("gamma", 1 - sampled["one_minus_gamma"])
+    trial.set_user_attr("gamma", 1 - one_minus_gamma)
     return convert_onpolicy_params(sampled)
 
 
