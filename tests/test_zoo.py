@@ -106,7 +106,7 @@ def test_train_enjoy_continue_and_optimize(tmp_path: Path) -> None:
 
 
 def test_console_script_prints_usage() -> None:
-    script = shutil.which("sb3-acktr-zoo")
+    script = shutil.which("sb3-acktr-zoo", path=os.path.dirname(sys.executable))
     assert script is not None, "the console script is not installed"
     result = subprocess.run([script], capture_output=True, text=True)
     assert result.returncode != 0
