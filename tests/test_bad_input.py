@@ -1,9 +1,13 @@
 """Bad input is refused before any training starts, with a message naming the problem."""
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from gymnasium import spaces
+from stable_baselines3 import A2C
 from stable_baselines3.common.envs import IdentityEnv
 from stable_baselines3.common.policies import BasePolicy
 
@@ -87,3 +91,25 @@ class NotActorCritic(BasePolicy):
 def test_policy_without_actor_critic_heads() -> None:
     with pytest.raises(TypeError, match="ActorCriticPolicy"):
         ACKTR(NotActorCritic, IdentityEnv(2))
+
+
+def test_parameters_added_after_the_model_was_built_are_refused() -> None:
+    model = ACKTR("MlpPolicy", IdentityEnv(2), n_steps=4)
+    model.policy.extra_head = th.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"not owned by its K-FAC optimizer.*extra_head.weight"):
+        model.learn(8)
+    assert model.num_timesteps == 0
+
+
+def test_loading_a_model_saved_by_another_algorithm(tmp_path: Path) -> None:
+    A2C("MlpPolicy", IdentityEnv(2)).save(tmp_path / "a2c")
+    with pytest.raises(ValueError, match=r"not saved by the K-FAC optimizer.*another algorithm"):
+        ACKTR.load(tmp_path / "a2c")
+
+
+def test_loading_a_corrupted_file(tmp_path: Path) -> None:
+    ACKTR("MlpPolicy", IdentityEnv(2), n_steps=4).save(tmp_path / "acktr")
+    data = (tmp_path / "acktr.zip").read_bytes()
+    (tmp_path / "broken.zip").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="wasn't a zip-file"):
+        ACKTR.load(tmp_path / "broken.zip")

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch as th
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import FakeImageEnv
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_acktr import ACKTR
 
@@ -94,3 +96,58 @@ def test_same_seed_same_parameters() -> None:
         model.learn(8 * 12)
         vectors.append(parameters_vector(model))
     assert th.equal(vectors[0], vectors[1])
+
+
+class EnvSnapshots(BaseCallback):
+    """Keeps a copy of the training environment at the start of every rollout (the test's 'environment state')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshots: dict[int, DummyVecEnv] = {}
+
+    def _on_rollout_start(self) -> None:
+        self.snapshots[self.model.num_timesteps] = copy.deepcopy(self.model.get_env())
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class StopAfter(BaseCallback):
+    """Simulates a crash: stops training after ``n_calls`` environment steps."""
+
+    def __init__(self, n_calls: int) -> None:
+        super().__init__()
+        self.limit = n_calls
+
+    def _on_step(self) -> bool:
+        return self.n_calls < self.limit
+
+
+@pytest.mark.parametrize(
+    "env_id, kwargs", [("CartPole-v1", {}), ("Pendulum-v1", dict(use_sde=True, learning_rate=lambda p: 0.25 * p))]
+)
+def test_checkpoint_resume_matches_uninterrupted_run(tmp_path: Path, env_id: str, kwargs: dict) -> None:
+    """Crash after a mid-rollout checkpoint, resume from it: same final parameters as a run without the crash."""
+    n_envs, n_steps, total = 2, 8, 2 * 8 * 12
+
+    def new_model() -> ACKTR:
+        model = ACKTR("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=0), n_steps=n_steps, seed=0, **kwargs)
+        model.set_logger(Logger(None, []))
+        return model
+
+    uninterrupted = new_model().learn(total)
+
+    crashed, snapshots = new_model(), EnvSnapshots()
+    # A checkpoint every 13 calls falls in the middle of a rollout (n_steps=8); the crash comes after the second.
+    checkpoint = CheckpointCallback(save_freq=13, save_path=str(tmp_path), name_prefix="acktr")
+    crashed.learn(total, callback=CallbackList([snapshots, checkpoint, StopAfter(30)]))
+    last = max(tmp_path.glob("acktr_*_steps.zip"), key=lambda path: int(path.stem.split("_")[1]))
+
+    resumed = ACKTR.load(last, force_reset=False)
+    resumed.set_env(snapshots.snapshots[resumed.num_timesteps], force_reset=False)
+    resumed.set_logger(Logger(None, []))
+    assert resumed.num_timesteps % (n_envs * n_steps) == 0  # saved as of the start of its rollout
+    resumed.learn(total - resumed.num_timesteps, reset_num_timesteps=False)
+
+    assert resumed.num_timesteps == uninterrupted.num_timesteps
+    assert th.equal(parameters_vector(resumed), parameters_vector(uninterrupted))

@@ -1,16 +1,23 @@
 import copy
+import io
 import math
-from typing import Any, ClassVar, TypeVar
+import pathlib
+import random
+from collections.abc import Iterable
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import maybe_make_env
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution, kl_divergence
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_acktr.kfac import KFAC
@@ -19,6 +26,35 @@ from sb3_acktr.kfac.inverses import DampingMode
 from sb3_acktr.kfac.optimizer import check_hyperparameters
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
+
+# Updates skipped in a row for a non-finite gradient before training stops with an explanation.
+MAX_CONSECUTIVE_SKIPPED_UPDATES = 10
+
+
+class RolloutStart(NamedTuple):
+    """What a checkpoint needs to repeat the rollout in progress: the state when it started."""
+
+    num_timesteps: int
+    last_obs: Any
+    episode_starts: Any
+    random_state: dict[str, Any]
+
+
+def capture_random_state() -> dict[str, Any]:
+    """The global random states SB3 draws from (Python, NumPy, PyTorch CPU and CUDA)."""
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": th.get_rng_state()}
+    if th.cuda.is_available() and th.cuda.is_initialized():
+        state["torch_cuda"] = th.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    th.set_rng_state(state["torch"])
+    if "torch_cuda" in state and th.cuda.is_available():
+        th.cuda.set_rng_state_all(state["torch_cuda"])
+
 
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
@@ -170,6 +206,9 @@ class ACKTR(OnPolicyAlgorithm):
                 f"{self.n_steps} * {self.n_envs}"
             )
 
+        self._rollout_start: RolloutStart | None = None
+        self._saved_random_state: dict[str, Any] | None = None
+
         if _init_setup_model:
             self._setup_model()
 
@@ -261,6 +300,7 @@ class ACKTR(OnPolicyAlgorithm):
             kfac.zero_grad()
             loss.backward()
             kfac.step()
+            self._check_progress(kfac)
 
             if self.log_kl:
                 # The policy's Distribution object is reused by every forward: keep the old one's parameters.
@@ -273,6 +313,7 @@ class ACKTR(OnPolicyAlgorithm):
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 
         self._n_updates += 1
+        self._rollout_start = None
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/explained_variance", explained_var)
         self.logger.record("train/entropy_loss", entropy_loss.item())
@@ -282,6 +323,94 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         for key, value in kfac.diagnostics(per_layer=self.verbose >= 2).items():
             self.logger.record(f"kfac/{key}", value)
+
+    def _check_progress(self, kfac: KFAC) -> None:
+        """Stop with an explanation when updates keep being skipped for non-finite gradients."""
+        if kfac.consecutive_skipped_steps >= MAX_CONSECUTIVE_SKIPPED_UPDATES:
+            raise RuntimeError(
+                f"ACKTR skipped the last {kfac.consecutive_skipped_steps} updates because their gradient was not finite "
+                "(NaN or inf): the rollouts keep producing non-finite rewards, returns or observations. Find the source "
+                "with stable_baselines3.common.vec_env.VecCheckNan, then fix or clip it (e.g. VecNormalize, reward "
+                "scaling). The parameters are unchanged since the last finite update."
+            )
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        # Until train() has used this rollout, a checkpoint resumes from the rollout's start (see save()).
+        self._rollout_start = RolloutStart(
+            self.num_timesteps, copy.deepcopy(self._last_obs), copy.deepcopy(self._last_episode_starts), capture_random_state()
+        )
+        try:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        except ValueError as error:
+            if not _all_finite(self._last_obs):
+                raise ValueError(
+                    "ACKTR: the environment returned a non-finite observation (NaN or inf), which the policy cannot "
+                    "act on. Find the source with stable_baselines3.common.vec_env.VecCheckNan, then fix or clip the "
+                    "observation (e.g. with VecNormalize or an ObservationWrapper)."
+                ) from error
+            raise
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        Save the model, its K-FAC state and the random state needed to resume exactly.
+
+        A model saved while a rollout is being collected or trained on (e.g. by ``CheckpointCallback``) is saved as
+        of the start of that rollout: loaded with ``force_reset=False`` and trained with ``reset_num_timesteps=False``
+        on an environment in the state it had then, it repeats that rollout and continues exactly as the original run.
+        """
+        start = self._rollout_start
+        current = (self.num_timesteps, self._last_obs, self._last_episode_starts)
+        if start is not None:
+            self.num_timesteps, self._last_obs, self._last_episode_starts = (
+                start.num_timesteps,
+                start.last_obs,
+                start.episode_starts,
+            )
+        self._saved_random_state = start.random_state if start is not None else capture_random_state()
+        try:
+            super().save(path, exclude=exclude, include=include)
+        finally:
+            self.num_timesteps, self._last_obs, self._last_episode_starts = current
+            self._saved_random_state = None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_rollout_start"]
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        self._check_optimizer_owns_parameters()
+        if not reset_num_timesteps and self._saved_random_state is not None:
+            # Resuming a loaded checkpoint: continue the random streams where the saved run was.
+            restore_random_state(self._saved_random_state)
+        self._saved_random_state = None
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
+    def _check_optimizer_owns_parameters(self) -> None:
+        owned = {id(param) for group in self.kfac.param_groups for param in group["params"]}
+        missing = [name for name, param in self.policy.named_parameters() if param.requires_grad and id(param) not in owned]
+        if missing:
+            raise ValueError(
+                f"These trainable parameters of the policy are not owned by its K-FAC optimizer and would never be "
+                f"trained: {missing}. Change the policy through policy_kwargs (or a policy class) before the model is "
+                "built, not afterwards."
+            )
 
     def learn(
         self: SelfACKTR,
@@ -323,3 +452,8 @@ def _check_observation_space(space: spaces.Space) -> None:
                 f"ACKTR does not support {type(subspace).__name__} observation spaces ({subspace}): use Box, Discrete, "
                 "MultiDiscrete, MultiBinary, or a flat Dict of these"
             )
+
+
+def _all_finite(observation: Any) -> bool:
+    values = observation.values() if isinstance(observation, dict) else [observation]
+    return all(np.isfinite(np.asarray(value, dtype=np.float64)).all() for value in values)

@@ -152,6 +152,7 @@ class KFAC(th.optim.Optimizer):
         self.n_steps = 0
         self.inverse_age = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        self.consecutive_skipped_steps = 0
         self._last: dict[str, float] = {"trust_region_scale": float("nan"), "vg_sum": float("nan")}
         self._seconds = {"statistics": 0.0, "inverse": 0.0}
 
@@ -320,12 +321,15 @@ class KFAC(th.optim.Optimizer):
         self.inverse_age += 1
 
         directions = self._natural_gradients()
-        vg_sum = sum((float((natural * grad).sum()) for natural, grad in directions.values()), 0.0)
+        # In float64: with badly scaled rewards the sum can overflow float32 where the step itself would not.
+        vg_sum = sum((float((natural.double() * grad.double()).sum()) for natural, grad in directions.values()), 0.0)
         self._last["vg_sum"] = vg_sum
         if not math.isfinite(vg_sum) or not all(bool(th.isfinite(natural).all()) for natural, _ in directions.values()):
             self.counters["skipped_steps"] += 1
+            self.consecutive_skipped_steps += 1
             self._last["trust_region_scale"] = 0.0
             return
+        self.consecutive_skipped_steps = 0
         scale = 1.0
         if lr > 0.0 and vg_sum > 0.0:
             scale = min(1.0, math.sqrt(kl_clip / (lr**2 * vg_sum)))
@@ -383,7 +387,10 @@ class KFAC(th.optim.Optimizer):
         state_dict = dict(state_dict)
         extra = state_dict.pop("kfac", None)
         if extra is None:
-            raise ValueError("Not a KFAC state dict: the 'kfac' entry is missing")
+            raise ValueError(
+                "This optimizer state was not saved by the K-FAC optimizer (it has no 'kfac' entry): "
+                "was the model saved by another algorithm? Load it with the algorithm that saved it."
+            )
         super().load_state_dict(state_dict)
         self.n_steps = int(extra["n_steps"])
         self.inverse_age = int(extra["inverse_age"])
