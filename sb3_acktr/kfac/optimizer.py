@@ -146,6 +146,7 @@ class KFAC(th.optim.Optimizer):
         self._capturing = False
         self._collecting_gradients = False
         self._pending: dict[KroneckerBlock, dict[str, th.Tensor]] = {}
+        self._outputs: dict[KroneckerBlock, tuple[th.Tensor, int]] = {}
         self._inverses: dict[KroneckerBlock, BlockInverse] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._inverse_future: Future | None = None
@@ -167,7 +168,7 @@ class KFAC(th.optim.Optimizer):
         Record the inputs of the covered layers during the forward passes run inside this context (with grad
         enabled only: ``no_grad`` forwards never touch the statistics). Follow with :meth:`update_statistics`.
         """
-        self._pending = {}
+        self._pending, self._outputs = {}, {}
         self._capturing = enabled
         try:
             yield
@@ -188,8 +189,9 @@ class KFAC(th.optim.Optimizer):
         self._seconds["statistics"] += time.perf_counter() - start
         if isinstance(output, th.Tensor) and output.requires_grad:
             # A tensor hook sees the gradient of this version of the output, even if an in-place
-            # activation modifies it later (unlike autograd.grad with the output as input).
+            # activation modifies it later.
             output.register_hook(partial(self._record_output_gradient, block))
+            self._outputs[block] = (output, output._version)
 
     def _record_output_gradient(self, block: KroneckerBlock, grad: th.Tensor) -> None:
         if self._collecting_gradients and block in self._pending:
@@ -206,16 +208,21 @@ class KFAC(th.optim.Optimizer):
             model's own predictive distribution (the true Fisher, not the empirical one)
         :return: whether the statistics were updated (False when a factor was not finite: the event is counted)
         """
-        blocks = [block for block in self.blocks if block in self._pending]
-        weights = [block.weight for block in blocks]
-        if not weights:
+        blocks = [block for block in self.blocks if block in self._outputs]
+        if not blocks:
+            self._pending, self._outputs = {}, {}
             return False
+        # Differentiating with respect to the layer outputs skips every weight gradient. An output that an in-place
+        # operation modified afterwards is reached through its weight instead, so that its hook still fires.
+        targets = [
+            output if output._version == version else block.weight for block, (output, version) in self._outputs.items()
+        ]
         self._collecting_gradients = True
         try:
-            th.autograd.grad(fisher_loss, weights, retain_graph=True, allow_unused=True)
+            th.autograd.grad(fisher_loss, targets, retain_graph=True, allow_unused=True)
         finally:
             self._collecting_gradients = False
-        pending, self._pending = self._pending, {}
+        pending, self._pending, self._outputs = self._pending, {}, {}
         complete = [(block, pending[block]) for block in blocks if "G" in pending[block]]
         if not all(bool(th.isfinite(f["A"]).all() and th.isfinite(f["G"]).all()) for _, f in complete):
             self.counters["nonfinite_statistics"] += 1
