@@ -6,8 +6,8 @@ rl-zoo3 integration: ACKTR as a zoo algorithm, with this package's hyperparamete
     python -m sb3_acktr.zoo enjoy --env CartPole-v1 -f logs/
     python -m sb3_acktr.zoo record_video --env CartPole-v1 -f logs/ -n 1000
 
-Every rl-zoo3 option is passed through. ``--algo`` defaults to ``acktr``, and ``train`` reads
-``sb3_acktr/hyperparams/acktr.yml`` unless ``-conf``/``--conf-file`` is given.
+Every rl-zoo3 option is passed through. ``--algo`` defaults to ``acktr``, and ``train`` of ACKTR reads
+``sb3_acktr/hyperparams/acktr.yml`` unless ``-conf``/``--conf-file`` is given (other algorithms use the zoo's files).
 """
 
 import runpy
@@ -70,7 +70,8 @@ def zoo_arguments(command: str, arguments: list[str]) -> list[str]:
     arguments = list(arguments)
     if "--algo" not in arguments:
         arguments = ["--algo", "acktr", *arguments]
-    if command == "train" and not {"-conf", "--conf-file"} & set(arguments):
+    algo = arguments[arguments.index("--algo") + 1]
+    if command == "train" and algo == "acktr" and not {"-conf", "--conf-file"} & set(arguments):
         arguments += ["--conf-file", default_hyperparameters_file()]
     return arguments
 

@@ -57,7 +57,8 @@ def test_arguments_default_to_acktr_and_our_file() -> None:
         "--conf-file",
         default_hyperparameters_file(),
     ]
-    assert zoo_arguments("train", ["--algo", "a2c", "-conf", "a.yml"]) == ["--algo", "a2c", "-conf", "a.yml"]
+    assert zoo_arguments("train", ["--algo", "acktr", "-conf", "a.yml"]) == ["--algo", "acktr", "-conf", "a.yml"]
+    assert zoo_arguments("train", ["--algo", "a2c", "--env", "X"]) == ["--algo", "a2c", "--env", "X"]
     assert zoo_arguments("enjoy", ["--env", "X"]) == ["--algo", "acktr", "--env", "X"]
 
 
