@@ -174,6 +174,17 @@ def test_uncovered_parameters_are_listed_and_get_their_plain_gradient() -> None:
     assert th.allclose(model.log_std.detach(), before - 0.1 * model.log_std.grad)
 
 
+def test_frozen_bias_stays_frozen() -> None:
+    model = small_cnn()
+    model[3].bias.requires_grad_(False)
+    frozen = model[3].bias.detach().clone()
+    optimizer = KFAC(model, inverse_update_interval=1)
+    for _ in range(2):
+        full_update(model, optimizer, *batch())
+    assert th.equal(model[3].bias.detach(), frozen)
+    assert optimizer.uncovered_parameters == []
+
+
 def test_module_called_twice_is_rejected_with_its_name() -> None:
     layer = nn.Linear(3, 3)
     optimizer = KFAC(nn.Sequential(layer))

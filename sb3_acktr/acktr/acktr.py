@@ -2,11 +2,9 @@ import copy
 import io
 import math
 import pathlib
-import random
 from collections.abc import Iterable
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import maybe_make_env
@@ -20,6 +18,7 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from sb3_acktr.acktr.resume import RolloutStart, all_finite, capture_random_state, restore_random_state
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
@@ -29,31 +28,6 @@ SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
 # Updates skipped in a row for a non-finite gradient before training stops with an explanation.
 MAX_CONSECUTIVE_SKIPPED_UPDATES = 10
-
-
-class RolloutStart(NamedTuple):
-    """What a checkpoint needs to repeat the rollout in progress: the state when it started."""
-
-    num_timesteps: int
-    last_obs: Any
-    episode_starts: Any
-    random_state: dict[str, Any]
-
-
-def capture_random_state() -> dict[str, Any]:
-    """The global random states SB3 draws from (Python, NumPy, PyTorch CPU and CUDA)."""
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": th.get_rng_state()}
-    if th.cuda.is_available() and th.cuda.is_initialized():
-        state["torch_cuda"] = th.cuda.get_rng_state_all()
-    return state
-
-
-def restore_random_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    th.set_rng_state(state["torch"])
-    if "torch_cuda" in state and th.cuda.is_available():
-        th.cuda.set_rng_state_all(state["torch_cuda"])
 
 
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
@@ -348,7 +322,7 @@ class ACKTR(OnPolicyAlgorithm):
         try:
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         except ValueError as error:
-            if not _all_finite(self._last_obs):
+            if not all_finite(self._last_obs):
                 raise ValueError(
                     "ACKTR: the environment returned a non-finite observation (NaN or inf), which the policy cannot "
                     "act on. Find the source with stable_baselines3.common.vec_env.VecCheckNan, then fix or clip the "
@@ -452,8 +426,3 @@ def _check_observation_space(space: spaces.Space) -> None:
                 f"ACKTR does not support {type(subspace).__name__} observation spaces ({subspace}): use Box, Discrete, "
                 "MultiDiscrete, MultiBinary, or a flat Dict of these"
             )
-
-
-def _all_finite(observation: Any) -> bool:
-    values = observation.values() if isinstance(observation, dict) else [observation]
-    return all(np.isfinite(np.asarray(value, dtype=np.float64)).all() for value in values)

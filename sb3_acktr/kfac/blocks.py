@@ -61,7 +61,8 @@ class KroneckerBlock:
         self.module = module
         self.conv_mode = conv_mode
         self.weight: th.Tensor = module.weight
-        self.bias: th.Tensor | None = module.bias
+        # A frozen bias is a constant of the layer, not a coordinate of the block.
+        self.bias: th.Tensor | None = module.bias if module.bias is not None and module.bias.requires_grad else None
 
     @property
     def parameters(self) -> list[th.Tensor]:

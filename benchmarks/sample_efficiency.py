@@ -1,0 +1,217 @@
+"""
+Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hyperparameters (ACKTR's from
+``hyperparams/acktr.yml``), trained by rl-zoo3 with the same budget, evaluation schedule and seeds.
+
+    python benchmarks/sample_efficiency.py run --env CartPole-v1 --seeds 0 1 2 3 4     # resumable: done runs are kept
+    python benchmarks/sample_efficiency.py report                                      # table, JSON, CSV and plots
+
+``run`` trains every (algorithm, seed) with ``python -m sb3_acktr.zoo train`` in a subprocess, in parallel
+(``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S``. The zoo's EvalCallback writes
+``evaluations.npz`` (deterministic evaluation return against timesteps) and the Monitor files give wall-clock time
+(the vectorised environments step in lockstep, so env 0's step count times n_envs is the run's timestep count).
+``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each
+task, timesteps and seconds until the evaluation return first reaches the threshold (mean and standard deviation over
+the seeds that reached it, and how many did).
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "runs"
+DOCS = ROOT / "docs"
+
+# Threshold, budget (timesteps, the same for every algorithm), evaluation every ... timesteps, episodes per evaluation.
+TASKS: dict[str, dict[str, float]] = {
+    "CartPole-v1": dict(threshold=475, budget=300_000, eval_freq=10_000, eval_episodes=10),
+    "Acrobot-v1": dict(threshold=-100, budget=300_000, eval_freq=10_000, eval_episodes=10),
+    "LunarLander-v3": dict(threshold=200, budget=1_000_000, eval_freq=25_000, eval_episodes=10),
+    "PongNoFrameskip-v4": dict(threshold=18, budget=3_000_000, eval_freq=100_000, eval_episodes=5),
+    "HalfCheetah-v5": dict(threshold=1450, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
+    "Hopper-v5": dict(threshold=2428, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
+}
+ALGOS = ("acktr", "a2c", "ppo")
+
+
+def run_directory(env_id: str, algo: str, seed: int) -> Path:
+    return RUNS / env_id / algo / f"seed_{seed}"
+
+
+def train(env_id: str, algo: str, seed: int, budget: int | None) -> str:
+    task = TASKS[env_id]
+    directory = run_directory(env_id, algo, seed)
+    if (directory / "done.json").is_file():
+        return f"{env_id} {algo} seed {seed}: already done"
+    directory.mkdir(parents=True, exist_ok=True)
+    n_timesteps = int(budget or task["budget"])
+    command = [
+        sys.executable, "-m", "sb3_acktr.zoo", "train", "--algo", algo, "--env", env_id, "-n", str(n_timesteps),
+        "--seed", str(seed), "-f", str(directory / "zoo"), "--eval-freq", str(int(task["eval_freq"])),
+        "--eval-episodes", str(int(task["eval_episodes"])), "--n-eval-envs", "1", "--verbose", "0",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    start = time.time()
+    with open(directory / "train.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    seconds = time.time() - start
+    (directory / "done.json").write_text(json.dumps(dict(seconds=seconds, n_timesteps=n_timesteps, command=command)))
+    return f"{env_id} {algo} seed {seed}: {seconds:.0f} s"
+
+
+def zoo_run_folder(directory: Path, algo: str, env_id: str) -> Path:
+    folders = sorted((directory / "zoo" / algo).glob(f"{env_id}_*"))
+    if not folders:
+        raise FileNotFoundError(f"no zoo run in {directory}")
+    return folders[-1]
+
+
+def wall_clock_at(folder: Path, timesteps: np.ndarray) -> np.ndarray:
+    """Seconds since the start of training at which the run had taken ``timesteps`` steps (from env 0's Monitor)."""
+    monitor_files = sorted(folder.glob("*.monitor.csv"))
+    first = next(path for path in monitor_files if path.name.split(".")[0] in ("0", "monitor"))
+    rows = np.genfromtxt(first, delimiter=",", skip_header=2, ndmin=2)  # columns: r, l, t
+    n_envs = max(len(monitor_files), 1)
+    steps = np.cumsum(rows[:, 1]) * n_envs
+    return np.interp(timesteps, steps, rows[:, 2])
+
+
+def load_run(env_id: str, algo: str, seed: int) -> dict | None:
+    directory = run_directory(env_id, algo, seed)
+    if not (directory / "done.json").is_file():
+        return None
+    folder = zoo_run_folder(directory, algo, env_id)
+    evaluations = np.load(folder / "evaluations.npz")
+    timesteps, returns = evaluations["timesteps"], evaluations["results"].mean(axis=1)
+    threshold = TASKS[env_id]["threshold"]
+    reached = np.flatnonzero(returns >= threshold)
+    seconds = wall_clock_at(folder, timesteps)
+    done = json.loads((directory / "done.json").read_text())
+    return dict(
+        timesteps=timesteps.tolist(),
+        returns=returns.tolist(),
+        steps_to_threshold=int(timesteps[reached[0]]) if reached.size else None,
+        seconds_to_threshold=float(seconds[reached[0]]) if reached.size else None,
+        final_return=float(returns[-1]),
+        total_seconds=done["seconds"],
+        fps=done["n_timesteps"] / done["seconds"],
+    )
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values))
+
+
+def report() -> None:
+    rows, summary = [], {}
+    for env_id in TASKS:
+        curves = {}
+        for algo in ALGOS:
+            runs = [run for seed in range(20) if (run := load_run(env_id, algo, seed)) is not None]
+            if not runs:
+                continue
+            curves[algo] = runs
+            steps = [run["steps_to_threshold"] for run in runs if run["steps_to_threshold"] is not None]
+            seconds = [run["seconds_to_threshold"] for run in runs if run["seconds_to_threshold"] is not None]
+            row = dict(
+                env=env_id,
+                algo=algo,
+                seeds=len(runs),
+                reached=len(steps),
+                threshold=TASKS[env_id]["threshold"],
+                budget=max(run["timesteps"][-1] for run in runs),
+                steps_mean=mean_std(steps)[0],
+                steps_std=mean_std(steps)[1],
+                seconds_mean=mean_std(seconds)[0],
+                seconds_std=mean_std(seconds)[1],
+                final_return_mean=mean_std([run["final_return"] for run in runs])[0],
+                final_return_std=mean_std([run["final_return"] for run in runs])[1],
+                fps_mean=mean_std([run["fps"] for run in runs])[0],
+            )
+            rows.append(row)
+        if curves:
+            summary[env_id] = curves
+            plot(env_id, curves)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "sample_efficiency.json").write_text(json.dumps(dict(table=rows, curves=summary), indent=1))
+    with open(RESULTS / "sample_efficiency.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print_table(rows)
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| task | algo | reached / seeds | timesteps to threshold | seconds to threshold | final return | fps |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['env']} (>= {row['threshold']}, {row['budget']:,} steps) | {row['algo']} | "
+            f"{row['reached']} / {row['seeds']} | {fmt(row['steps_mean'])} ± {fmt(row['steps_std'])} | "
+            f"{fmt(row['seconds_mean'])} ± {fmt(row['seconds_std'])} | "
+            f"{fmt(row['final_return_mean'], 1)} ± {fmt(row['final_return_std'], 1)} | {fmt(row['fps_mean'])} |"
+        )
+
+
+def plot(env_id: str, curves: dict[str, list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    DOCS.mkdir(exist_ok=True)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for algo, runs in curves.items():
+        length = min(len(run["timesteps"]) for run in runs)
+        timesteps = np.asarray(runs[0]["timesteps"][:length])
+        returns = np.asarray([run["returns"][:length] for run in runs])
+        mean, std = returns.mean(axis=0), returns.std(axis=0)
+        axis.plot(timesteps, mean, label=f"{algo.upper()} ({len(runs)} seeds)")
+        axis.fill_between(timesteps, mean - std, mean + std, alpha=0.2)
+    axis.axhline(TASKS[env_id]["threshold"], color="grey", linestyle="--", linewidth=1, label="threshold")
+    axis.set_xlabel("timesteps")
+    axis.set_ylabel("evaluation return (mean ± std over seeds)")
+    axis.set_title(env_id)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(DOCS / f"sample_efficiency_{env_id}.png", dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train the missing runs")
+    run.add_argument("--env", required=True, choices=list(TASKS))
+    run.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    run.add_argument("--budget", type=int, help="timesteps per run (default: the task's)")
+    run.add_argument("--jobs", type=int, default=2)
+    commands.add_parser("report", help="aggregate the finished runs")
+    args = parser.parse_args()
+    if args.command == "report":
+        report()
+        return
+    jobs = [(args.env, algo, seed, args.budget) for seed in args.seeds for algo in args.algos]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for message in pool.map(lambda job: train(*job), jobs):
+            print(message, flush=True)
+
+
+if __name__ == "__main__":
+    main()

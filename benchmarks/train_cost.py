@@ -1,0 +1,141 @@
+"""
+Cost of ACKTR against A2C in the same run on this machine: ``train()`` time per update on identical batches, and
+whole-run timesteps per second and peak memory.
+
+    python benchmarks/train_cost.py              # NatureCNN on Pong at 16x20 and 32x20, the default MLP on CartPole at 8x20
+    python benchmarks/train_cost.py --quick      # fewer updates
+
+Per update: one rollout is collected once and copied into both models; each then runs ``train()`` on it
+``--updates`` times (ACKTR's inverse refreshes included, so the figure is amortised), alternating the two algorithms
+``--rounds`` times; the ratio of the medians is printed. Whole run: ``learn()`` for the same number of timesteps in a
+fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``ru_maxrss``).
+Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop, ACKTR's K-FAC).
+"""
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch as th
+from stable_baselines3 import A2C
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
+
+from sb3_acktr import ACKTR
+
+CASES = {
+    "cnn-16x20": dict(env="PongNoFrameskip-v4", n_envs=16, n_steps=20, policy="CnnPolicy"),
+    "cnn-32x20": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy"),
+    "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
+}
+
+
+def make_env(case: dict) -> VecEnv:
+    if case["policy"] == "CnnPolicy":
+        import ale_py
+        import gymnasium
+
+        gymnasium.register_envs(ale_py)
+        return VecFrameStack(make_atari_env(case["env"], n_envs=case["n_envs"], seed=0), n_stack=4)
+    return make_vec_env(case["env"], n_envs=case["n_envs"], seed=0)
+
+
+def make_model(algo: str, case: dict, env: VecEnv) -> BaseAlgorithm:
+    algorithm = ACKTR if algo == "acktr" else A2C
+    model = algorithm(case["policy"], env, n_steps=case["n_steps"], seed=0, device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
+class _Noop(BaseCallback):
+    def _on_step(self) -> bool:
+        return True
+
+
+def seconds_per_update(model: BaseAlgorithm, n_updates: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n_updates):
+        model.train()
+    return (time.perf_counter() - start) / n_updates
+
+
+def train_ratio(case: dict, n_updates: int, rounds: int) -> dict[str, float]:
+    env = make_env(case)
+    a2c, acktr = make_model("a2c", case, env), make_model("acktr", case, env)
+    callback = _Noop()
+    callback.init_callback(a2c)
+    a2c._setup_learn(case["n_envs"] * case["n_steps"], callback)
+    a2c.collect_rollouts(env, callback, a2c.rollout_buffer, n_rollout_steps=case["n_steps"])
+    acktr.rollout_buffer = copy.deepcopy(a2c.rollout_buffer)
+    acktr._current_progress_remaining = a2c._current_progress_remaining = 1.0
+    times: dict[str, list[float]] = {"a2c": [], "acktr": []}
+    for _ in range(rounds):
+        times["a2c"].append(seconds_per_update(a2c, n_updates))
+        times["acktr"].append(seconds_per_update(acktr, n_updates))
+    a2c_time, acktr_time = statistics.median(times["a2c"]), statistics.median(times["acktr"])
+    return dict(a2c_ms=1000 * a2c_time, acktr_ms=1000 * acktr_time, ratio=acktr_time / a2c_time)
+
+
+def whole_run(algo: str, case_name: str, n_updates: int) -> dict[str, float]:
+    """Run in a fresh process: learn() for n_updates rollouts; timesteps per second and peak memory."""
+    case = CASES[case_name]
+    env = make_env(case)
+    model = make_model(algo, case, env)
+    timesteps = n_updates * case["n_envs"] * case["n_steps"]
+    start = time.perf_counter()
+    model.learn(timesteps)
+    seconds = time.perf_counter() - start
+    return dict(fps=timesteps / seconds, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def whole_run_in_subprocess(algo: str, case_name: str, n_updates: int) -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, __file__, "--whole-run", algo, case_name, "--updates", str(n_updates)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--updates", type=int, default=None, help="train() calls per timing (default 20, quick 10)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--whole-run", nargs=2, metavar=("ALGO", "CASE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    n_updates = args.updates or (10 if args.quick else 20)
+    if args.whole_run:
+        print(json.dumps(whole_run(args.whole_run[0], args.whole_run[1], n_updates)))
+        return
+
+    print(f"torch {th.__version__}, {th.get_num_threads()} threads; per update: median of {args.rounds} rounds of {n_updates}")
+    print(
+        "| case | A2C train() ms | ACKTR train() ms | ratio | A2C fps | ACKTR fps | fps ratio | A2C peak MiB | ACKTR peak MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for case_name in args.cases:
+        per_update = train_ratio(CASES[case_name], n_updates, args.rounds)
+        run_updates = n_updates * (10 if case_name.startswith("mlp") else 1)
+        a2c_run = whole_run_in_subprocess("a2c", case_name, run_updates)
+        acktr_run = whole_run_in_subprocess("acktr", case_name, run_updates)
+        print(
+            f"| {case_name} | {per_update['a2c_ms']:.1f} | {per_update['acktr_ms']:.1f} | {per_update['ratio']:.2f} | "
+            f"{a2c_run['fps']:.0f} | {acktr_run['fps']:.0f} | {acktr_run['fps'] / a2c_run['fps']:.2f} | "
+            f"{a2c_run['peak_rss_mib']:.0f} | {acktr_run['peak_rss_mib']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
