@@ -120,9 +120,9 @@ def main() -> None:
         return
 
     print(f"torch {th.__version__}, {th.get_num_threads()} threads; per update: median of {args.rounds} rounds of {n_updates}")
-    print(
-        "| case | A2C train() ms | ACKTR train() ms | ratio | A2C fps | ACKTR fps | fps ratio | A2C peak MiB | ACKTR peak MiB |"
-    )
+    columns = ["case", "A2C train() ms", "ACKTR train() ms", "ratio", "A2C fps", "ACKTR fps", "fps ratio"]
+    columns += ["A2C peak MiB", "ACKTR peak MiB"]
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|---|---|---|")
     for case_name in args.cases:
         per_update = train_ratio(CASES[case_name], n_updates, args.rounds)
