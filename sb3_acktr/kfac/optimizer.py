@@ -353,12 +353,13 @@ class KFAC(th.optim.Optimizer):
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self, per_layer: bool = False) -> dict[str, float]:
         """
-        Numbers to log: trust-region scale and ``sum <V, grad>`` of the last step, age of the inverses, seconds
+        Numbers to log: trust-region scale and ``sum <V, grad>`` of the last step, damping, age of the inverses, seconds
         spent on statistics and inversions since the last call, counters of numerical events, and with
         ``per_layer`` the damping split ``pi`` and the eigenvalue range of each layer's factors.
         """
         out = {
             "trust_region_scale": self._last["trust_region_scale"],
+            "damping": float(self.param_groups[0]["damping"]),
             "vg_sum": self._last["vg_sum"],
             "inverse_age": float(self.inverse_age),
             "statistics_seconds": self._seconds["statistics"],
