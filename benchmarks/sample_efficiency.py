@@ -11,7 +11,8 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
 (the vectorised environments step in lockstep, so env 0's step count times n_envs is the run's timestep count).
 ``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each
 task, timesteps and seconds until the evaluation return first reaches the threshold (mean and standard deviation over
-the seeds that reached it, and how many did).
+the seeds that reached it, and how many did), and the mean evaluation return over the whole run (area under the curve:
+it also rewards staying above the threshold).
 """
 
 import argparse
@@ -102,6 +103,7 @@ def load_run(env_id: str, algo: str, seed: int) -> dict | None:
         steps_to_threshold=int(timesteps[reached[0]]) if reached.size else None,
         seconds_to_threshold=float(seconds[reached[0]]) if reached.size else None,
         final_return=float(returns[-1]),
+        mean_return=float(returns.mean()),
         total_seconds=done["seconds"],
         fps=done["n_timesteps"] / done["seconds"],
     )
@@ -135,6 +137,8 @@ def report() -> None:
                 steps_std=mean_std(steps)[1],
                 seconds_mean=mean_std(seconds)[0],
                 seconds_std=mean_std(seconds)[1],
+                mean_return_mean=mean_std([run["mean_return"] for run in runs])[0],
+                mean_return_std=mean_std([run["mean_return"] for run in runs])[1],
                 final_return_mean=mean_std([run["final_return"] for run in runs])[0],
                 final_return_std=mean_std([run["final_return"] for run in runs])[1],
                 fps_mean=mean_std([run["fps"] for run in runs])[0],
@@ -157,13 +161,17 @@ def fmt(value: float | None, digits: int = 0) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| task | algo | reached / seeds | timesteps to threshold | seconds to threshold | final return | fps |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| task | algo | reached / seeds | timesteps to threshold | seconds to threshold | mean return over the run "
+        "| final return | fps |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['env']} (>= {row['threshold']}, {row['budget']:,} steps) | {row['algo']} | "
             f"{row['reached']} / {row['seeds']} | {fmt(row['steps_mean'])} ± {fmt(row['steps_std'])} | "
             f"{fmt(row['seconds_mean'])} ± {fmt(row['seconds_std'])} | "
+            f"{fmt(row['mean_return_mean'], 1)} ± {fmt(row['mean_return_std'], 1)} | "
             f"{fmt(row['final_return_mean'], 1)} ± {fmt(row['final_return_std'], 1)} | {fmt(row['fps_mean'])} |"
         )
 
