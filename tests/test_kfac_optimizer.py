@@ -1,5 +1,6 @@
 """The K-FAC optimizer: trust region, schedules, hygiene, numerics and persistence."""
 
+import copy
 import io
 import math
 
@@ -183,6 +184,18 @@ def test_frozen_bias_stays_frozen() -> None:
         full_update(model, optimizer, *batch())
     assert th.equal(model[3].bias.detach(), frozen)
     assert optimizer.uncovered_parameters == []
+
+
+def test_deep_copied_model_keeps_a_working_optimizer() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model, async_inverse=True)
+    model.optimizer = optimizer  # as SB3 policies hold theirs
+    full_update(model, optimizer, *batch())
+    clone = copy.deepcopy(model)
+    assert clone.optimizer is not optimizer and clone.optimizer.blocks[0].module is clone[0]
+    full_update(clone, clone.optimizer, *batch())
+    assert th.isfinite(parameters_vector(clone)).all()
+    assert clone.optimizer.n_steps == 2 and optimizer.n_steps == 1
 
 
 def test_module_called_twice_is_rejected_with_its_name() -> None:

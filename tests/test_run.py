@@ -1,5 +1,7 @@
 """ACKTR runs on every SB3 action space, policy layout and observation type."""
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -177,6 +179,32 @@ def test_trust_region_bounds_the_kl_of_one_update() -> None:
     values = train_without_dump(model, 128)
     assert values["kfac/trust_region_scale"] < 1.0
     assert kl_clip / 2 / 4 < values["train/kl"] < kl_clip / 2 * 2
+
+
+class MultiDimensionalAction(gym.Env):
+    """Random observations, a 3-dimensional continuous action, reward -|action|^2."""
+
+    observation_space = spaces.Box(-1, 1, (4,), np.float32)
+    action_space = spaces.Box(-1, 1, (3,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):  # type: ignore[override]
+        return self.observation_space.sample(), -float(np.sum(np.square(action))), False, False, {}
+
+
+def test_logged_kl_is_the_kl_of_the_joint_action() -> None:
+    """One update on a 3-dimensional Gaussian policy: train/kl sums the per-dimension KLs."""
+    model = ACKTR("MlpPolicy", MultiDimensionalAction(), n_steps=16, log_kl=True, seed=0)
+    before = copy.deepcopy(model.policy)
+    values = train_without_dump(model, 16)  # exactly one update
+    observations = th.as_tensor(model.rollout_buffer.observations.reshape(16, -1))
+    with th.no_grad():
+        old, new = before.get_distribution(observations), model.policy.get_distribution(observations)
+        expected = th.distributions.kl_divergence(old.distribution, new.distribution).sum(dim=1).mean()
+    assert values["train/kl"] == pytest.approx(expected.item(), rel=1e-4)
 
 
 def test_progress_bar_and_vecnormalize() -> None:

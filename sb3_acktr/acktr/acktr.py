@@ -281,7 +281,9 @@ class ACKTR(OnPolicyAlgorithm):
                 old_distribution = copy.copy(distribution)
                 with th.no_grad():
                     new_distribution, _ = self._forward(rollout_data.observations)
-                    kl = kl_divergence(old_distribution, new_distribution).mean()
+                    # Per-dimension KLs (diagonal Gaussian, Bernoulli) add up to the KL of the joint action.
+                    kl = kl_divergence(old_distribution, new_distribution)
+                    kl = kl.reshape(kl.shape[0], -1).sum(dim=1).mean()
                 self.logger.record("train/kl", kl.item())
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())

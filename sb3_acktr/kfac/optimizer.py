@@ -411,6 +411,13 @@ class KFAC(th.optim.Optimizer):
             if saved is not None:
                 self._inverses[block] = BlockInverse.from_tensors(self.damping_mode, damping, saved)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The whole object, so that copying a model (whose forward hooks refer to this optimizer) copies a working
+        # optimizer; torch's Optimizer keeps only its defaults, state and param groups. A thread does not copy.
+        state = self.__dict__.copy()
+        state["_executor"], state["_inverse_future"] = None, None
+        return state
+
     def remove_hooks(self) -> None:
         """Detach the optimizer from the model (its forward hooks)."""
         for hook in self._hooks:
