@@ -7,7 +7,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox, IdentityEnvMultiBinary, IdentityEnvMultiDiscrete
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from sb3_acktr import ACKTR
 
@@ -48,3 +48,21 @@ def test_cartpole_reaches_475_within_100k_timesteps(seed: int) -> None:
     model = ACKTR("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=seed), ent_coef=0.0, seed=seed)
     reached = timesteps_to_reach(model, make_vec_env("CartPole-v1", n_envs=1, seed=1000 + seed), 475, 100_000, 5_000)
     assert reached is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [3, 4])
+def test_cartpole_more_seeds(seed: int) -> None:
+    model = ACKTR("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=seed), ent_coef=0.0, seed=seed)
+    reached = timesteps_to_reach(model, make_vec_env("CartPole-v1", n_envs=1, seed=1000 + seed), 475, 100_000, 5_000)
+    assert reached is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_acrobot_reaches_minus_100_within_300k_timesteps(seed: int) -> None:
+    # The Acrobot-v1 section of hyperparams/acktr.yml: 16 envs, normalised observations and rewards, no entropy bonus.
+    env = VecNormalize(make_vec_env("Acrobot-v1", n_envs=16, seed=seed))
+    eval_env = VecNormalize(make_vec_env("Acrobot-v1", n_envs=1, seed=1000 + seed), training=False, norm_reward=False)
+    model = ACKTR("MlpPolicy", env, ent_coef=0.0, seed=seed)
+    assert timesteps_to_reach(model, eval_env, -100, 300_000, 10_000) is not None

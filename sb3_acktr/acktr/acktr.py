@@ -57,8 +57,8 @@ class ACKTR(OnPolicyAlgorithm):
         before and after an update, momentum aside)
     :param damping: Tikhonov damping of the Kronecker-factored Fisher
     :param stats_decay: Decay of the running averages of the Kronecker factors
-    :param vf_fisher_coef: Weight of the critic's Gauss-Newton term in the joint Fisher
-        (critic modelled as ``N(V(s), 1)``; Baselines' convention corresponds to 4.0)
+    :param vf_fisher_coef: Weight of the critic's term ``(V(s) - y)^2``, ``y ~ N(V(s), 1)``, in the Fisher loss
+        (the reference implementations' convention: 1.0 weighs the critic's Gauss-Newton matrix 4x a unit Gaussian's)
     :param damping_mode: ``"exact"`` (eigendecompositions, damping added to eigenvalue products) or
         ``"factored"`` (pi-adjusted Tikhonov damping, Cholesky inverses)
     :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
@@ -231,15 +231,16 @@ class ACKTR(OnPolicyAlgorithm):
 
     def _fisher_loss(self, distribution: Distribution, values: th.Tensor) -> th.Tensor:
         """
-        Negative log-likelihood, summed over the batch, of actions sampled from the current policy and of value
-        targets sampled from ``N(V(s), 1)``: its gradients sample the joint Fisher of actor and critic.
-        Entropy is not part of it.
+        Negative log-likelihood, summed over the batch, of actions sampled from the current policy, plus
+        ``vf_fisher_coef * sum (V(s) - y)^2`` with ``y ~ N(V(s), 1)``: its gradients sample the joint Fisher of actor
+        and critic. The critic term is the reference implementations' (no 1/2: the Gauss-Newton matrix of a unit-variance
+        Gaussian critic, times 4), so that ``vf_fisher_coef`` means what it means there. Entropy is not part of it.
         """
         sampled_actions = distribution.get_actions(deterministic=False).detach()
         actor_nll = -distribution.log_prob(sampled_actions).sum()
         sampled_values = values.detach() + th.randn_like(values)
-        critic_nll = 0.5 * ((values - sampled_values) ** 2).sum()
-        return actor_nll + self.vf_fisher_coef * critic_nll
+        critic_term = ((values - sampled_values) ** 2).sum()
+        return actor_nll + self.vf_fisher_coef * critic_term
 
     def train(self) -> None:
         """
