@@ -73,7 +73,7 @@ def train_ratio(case: dict, n_updates: int, rounds: int) -> dict[str, float]:
     callback = _Noop()
     callback.init_callback(a2c)
     a2c._setup_learn(case["n_envs"] * case["n_steps"], callback)
-    a2c.collect_rollouts(env, callback, a2c.rollout_buffer, n_rollout_steps=case["n_steps"])
+    a2c.collect_rollouts(a2c.env, callback, a2c.rollout_buffer, n_rollout_steps=case["n_steps"])
     acktr.rollout_buffer = copy.deepcopy(a2c.rollout_buffer)
     acktr._current_progress_remaining = a2c._current_progress_remaining = 1.0
     times: dict[str, list[float]] = {"a2c": [], "acktr": []}
