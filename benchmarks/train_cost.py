@@ -8,7 +8,7 @@ whole-run timesteps per second and peak memory.
 Per update: one rollout is collected once and copied into both models; each then runs ``train()`` on it
 ``--updates`` times (ACKTR's inverse refreshes included, so the figure is amortised), alternating the two algorithms
 ``--rounds`` times; the ratio of the medians is printed. Whole run: ``learn()`` for the same number of timesteps in a
-fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``ru_maxrss``).
+fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop, ACKTR's K-FAC).
 """
 
@@ -93,7 +93,16 @@ def whole_run(algo: str, case_name: str, n_updates: int) -> dict[str, float]:
     start = time.perf_counter()
     model.learn(timesteps)
     seconds = time.perf_counter() - start
-    return dict(fps=timesteps / seconds, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return dict(fps=timesteps / seconds, peak_rss_mib=peak_resident_mib())
+
+
+def peak_resident_mib() -> float:
+    """This process's peak resident memory. ``ru_maxrss`` would carry over the parent's peak across fork and exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def whole_run_in_subprocess(algo: str, case_name: str, n_updates: int) -> dict[str, float]:
