@@ -13,6 +13,7 @@ wall time of a run of updates with synchronous against background inverse refres
 
     python benchmarks/kfac_update_cost.py            # everything (a few minutes on 2 cores)
     python benchmarks/kfac_update_cost.py --quick    # MLP and NatureCNN at batch 320 only
+    python benchmarks/kfac_update_cost.py --models acktr-cnn --no-async   # the paper's smaller Atari network
 """
 
 import argparse
@@ -26,7 +27,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 
-from sb3_acktr import KFAC
+from sb3_acktr import KFAC, AcktrCNN
 
 
 def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -42,9 +43,10 @@ def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 2
 
 def make_policy(kind: str, seed: int = 0) -> tuple[ActorCriticPolicy, spaces.Space]:
     th.manual_seed(seed)
-    if kind == "cnn":
+    if kind in ("cnn", "acktr-cnn"):
         observation_space: spaces.Space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
-        policy: ActorCriticPolicy = ActorCriticCnnPolicy(observation_space, spaces.Discrete(6), lambda _: 7e-4)
+        extractor = dict(features_extractor_class=AcktrCNN) if kind == "acktr-cnn" else {}
+        policy: ActorCriticPolicy = ActorCriticCnnPolicy(observation_space, spaces.Discrete(6), lambda _: 7e-4, **extractor)
     else:
         observation_space = spaces.Box(-1, 1, (8,), np.float32)
         policy = ActorCriticPolicy(observation_space, spaces.Discrete(4), lambda _: 7e-4, net_arch=[64, 64])
@@ -146,28 +148,34 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="MLP and NatureCNN at batch 320 only, exact damping")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=th.get_num_threads())
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn", "acktr-cnn"])
+    parser.add_argument("--no-async", action="store_true", help="skip the background-thread comparison")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
 
-    cases = [("mlp", 160, "exact", "expand"), ("mlp", 160, "factored", "expand")]
     batches = (320,) if args.quick else (320, 640)
     damping_modes = ("exact",) if args.quick else ("exact", "factored")
-    cases += [("cnn", b, d, c) for b in batches for d in damping_modes for c in ("expand", "reduce")]
+    cases = [("mlp", 160, d, "expand") for d in ("exact", "factored") if "mlp" in args.models]
+    cases += [
+        (m, b, d, c) for m in args.models if m != "mlp" for b in batches for d in damping_modes for c in ("expand", "reduce")
+    ]
     intervals = [(1, 1), (1, 10), (1, 100), (2, 100), (4, 100)]
 
     print(f"torch {th.__version__}, {args.threads} threads, median of {args.repeats} repeats; times in ms")
-    header = f"{'model':5} {'batch':>5} {'damping':8} {'conv':6} {'plain':>7} {'kfac':>7} {'no-stats':>8} {'inverse':>8}"
+    header = f"{'model':9} {'batch':>5} {'damping':8} {'conv':6} {'plain':>7} {'kfac':>7} {'no-stats':>8} {'inverse':>8}"
     header += "".join(f" {f'r(s{s},i{i})':>11}" for s, i in intervals)
     print(header)
     for kind, batch_size, damping_mode, conv_mode in cases:
         # An MLP update takes milliseconds: many more repeats make its median stable.
         times = measure(kind, batch_size, damping_mode, conv_mode, args.repeats * (20 if kind == "mlp" else 1))
-        row = f"{kind:5} {batch_size:>5} {damping_mode:8} {conv_mode:6}"
+        row = f"{kind:9} {batch_size:>5} {damping_mode:8} {conv_mode:6}"
         row += "".join(f" {1000 * times[k]:>{w}.1f}" for k, w in (("plain", 7), ("kfac", 7), ("no_stats", 8), ("inverse", 8)))
         row += "".join(f" {amortised_ratio(times, s, i):>11.2f}" for s, i in intervals)
         print(row, flush=True)
     print("r(sS,iI): amortised K-FAC update time / plain step time, statistics every S and inverses every I updates")
 
+    if args.no_async:
+        return
     n_updates, interval = (30, 10) if args.quick else (60, 10)
     for kind, damping_mode in (("cnn", "exact"), ("cnn", "factored")):
         sync_seconds, async_seconds = async_comparison(kind, 320, damping_mode, n_updates, interval)

@@ -20,7 +20,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_acktr import ACKTR
+from sb3_acktr import ACKTR, AcktrCNN
 
 
 def parameters_finite(model: ACKTR) -> bool:
@@ -212,3 +212,20 @@ def test_progress_bar_and_vecnormalize() -> None:
     model = ACKTR("MlpPolicy", env, n_steps=8, seed=0)
     model.learn(64, progress_bar=True)
     assert parameters_finite(model)
+
+
+def test_acktr_cnn_extractor() -> None:
+    model = ACKTR(
+        "CnnPolicy",
+        FakeImageEnv(screen_height=84, screen_width=84),
+        n_steps=4,
+        policy_kwargs=dict(features_extractor_class=AcktrCNN),
+        seed=0,
+    )
+    fully_connected = model.policy.features_extractor.linear[0]
+    assert fully_connected.in_features == 32 * 7 * 7  # half of NatureCNN's 3136
+    assert "features_extractor.linear.0" in {block.name for block in model.kfac.blocks}
+    train_without_dump(model, 8)
+    assert parameters_finite(model)
+    with pytest.raises(ValueError, match="image observation space"):
+        ACKTR("MlpPolicy", "CartPole-v1", policy_kwargs=dict(features_extractor_class=AcktrCNN))
