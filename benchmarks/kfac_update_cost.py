@@ -28,6 +28,7 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticP
 from stable_baselines3.common.preprocessing import preprocess_obs
 
 from sb3_acktr import KFAC, AcktrCNN
+from sb3_acktr.acktr.acktr import fisher_loss
 
 
 def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -92,9 +93,7 @@ def kfac_step(policy: ActorCriticPolicy, optimizer: KFAC, batch: tuple[th.Tensor
     with optimizer.capture_statistics(enabled=statistics_update):
         distribution, values = forward(policy, batch[0])
     if statistics_update:
-        sampled = distribution.get_actions().detach()
-        critic_nll = 0.5 * ((values - values.detach() - th.randn_like(values)) ** 2).sum()
-        optimizer.update_statistics(-distribution.log_prob(sampled).sum() + critic_nll)
+        optimizer.update_statistics(fisher_loss(distribution, values, vf_fisher_coef=1.0))
     loss = a2c_loss(distribution, values, batch)
     optimizer.zero_grad()
     loss.backward()

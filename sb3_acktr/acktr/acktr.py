@@ -22,7 +22,7 @@ from sb3_acktr.acktr.resume import RolloutStart, all_finite, capture_random_stat
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
-from sb3_acktr.kfac.optimizer import check_hyperparameters
+from sb3_acktr.kfac.optimizer import check_hyperparameters, check_number
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
@@ -32,6 +32,20 @@ MAX_CONSECUTIVE_SKIPPED_UPDATES = 10
 
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
+
+
+def fisher_loss(distribution: Distribution, values: th.Tensor, vf_fisher_coef: float) -> th.Tensor:
+    """
+    Negative log-likelihood, summed over the batch, of actions sampled from the current policy, plus
+    ``vf_fisher_coef * sum (V(s) - y)^2`` with ``y ~ N(V(s), 1)``: its gradients sample the joint Fisher of actor
+    and critic. The critic term is the reference implementations' (no 1/2: the Gauss-Newton matrix of a unit-variance
+    Gaussian critic, times 4), so that ``vf_fisher_coef`` means what it means there. Entropy is not part of it.
+    """
+    sampled_actions = distribution.get_actions(deterministic=False).detach()
+    actor_nll = -distribution.log_prob(sampled_actions).sum()
+    sampled_values = values.detach() + th.randn_like(values)
+    critic_term = ((values - sampled_values) ** 2).sum()
+    return actor_nll + vf_fisher_coef * critic_term
 
 
 class ACKTR(OnPolicyAlgorithm):
@@ -127,7 +141,8 @@ class ACKTR(OnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        _check_learning_rate(learning_rate)
+        if not callable(learning_rate):
+            check_number("learning_rate", learning_rate, 0.0, math.inf)
         if env is not None:
             env = maybe_make_env(env, verbose)
             _check_observation_space(env.observation_space)
@@ -157,9 +172,8 @@ class ACKTR(OnPolicyAlgorithm):
         for key in ("optimizer_class", "optimizer_kwargs"):
             if key in self.policy_kwargs:
                 raise ValueError(f"ACKTR does not accept policy_kwargs['{key}']: it always uses its K-FAC optimizer")
-        _check_non_negative("vf_coef", vf_coef)
-        _check_non_negative("ent_coef", ent_coef)
-        _check_non_negative("vf_fisher_coef", vf_fisher_coef)
+        for name, value in (("vf_coef", vf_coef), ("ent_coef", ent_coef), ("vf_fisher_coef", vf_fisher_coef)):
+            check_number(name, value, 0.0, math.inf)
         self.normalize_advantage = normalize_advantage
         self.momentum = momentum
         self.kl_clip = kl_clip
@@ -229,19 +243,6 @@ class ACKTR(OnPolicyAlgorithm):
             latent_vf = policy.mlp_extractor.forward_critic(vf_features)
         return policy._get_action_dist_from_latent(latent_pi), policy.value_net(latent_vf).flatten()
 
-    def _fisher_loss(self, distribution: Distribution, values: th.Tensor) -> th.Tensor:
-        """
-        Negative log-likelihood, summed over the batch, of actions sampled from the current policy, plus
-        ``vf_fisher_coef * sum (V(s) - y)^2`` with ``y ~ N(V(s), 1)``: its gradients sample the joint Fisher of actor
-        and critic. The critic term is the reference implementations' (no 1/2: the Gauss-Newton matrix of a unit-variance
-        Gaussian critic, times 4), so that ``vf_fisher_coef`` means what it means there. Entropy is not part of it.
-        """
-        sampled_actions = distribution.get_actions(deterministic=False).detach()
-        actor_nll = -distribution.log_prob(sampled_actions).sum()
-        sampled_values = values.detach() + th.randn_like(values)
-        critic_term = ((values - sampled_values) ** 2).sum()
-        return actor_nll + self.vf_fisher_coef * critic_term
-
     def train(self) -> None:
         """
         Update policy using the currently gathered rollout buffer (one K-FAC step over the whole batch).
@@ -259,7 +260,7 @@ class ACKTR(OnPolicyAlgorithm):
             with kfac.capture_statistics(enabled=update_statistics):
                 distribution, values = self._forward(rollout_data.observations)
             if update_statistics:
-                kfac.update_statistics(self._fisher_loss(distribution, values))
+                kfac.update_statistics(fisher_loss(distribution, values, self.vf_fisher_coef))
 
             log_prob = distribution.log_prob(actions)
             entropy = distribution.entropy()
@@ -406,18 +407,6 @@ class ACKTR(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
-
-
-def _check_non_negative(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-
-
-def _check_learning_rate(learning_rate: Any) -> None:
-    if callable(learning_rate):
-        return
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not 0 <= learning_rate < math.inf:
-        raise ValueError(f"learning_rate must be a non-negative number or a schedule, got {learning_rate!r}")
 
 
 def _check_observation_space(space: spaces.Space) -> None:

@@ -30,7 +30,8 @@ from sb3_acktr.kfac.inverses import BlockInverse, DampingMode, InverseFailure, c
 COUNTER_NAMES = ("skipped_steps", "nonfinite_statistics", "float64_retries", "inverse_failures")
 
 
-def _check_number(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+def check_number(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    """Raise a ``TypeError`` or ``ValueError`` naming ``name`` unless ``value`` is a finite number within the bounds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
     too_low = value <= low if low_open else value < low
@@ -56,10 +57,10 @@ def check_hyperparameters(
     inverse_update_interval: int,
 ) -> None:
     """Raise a ``ValueError`` or ``TypeError`` naming the first invalid K-FAC hyperparameter."""
-    _check_number("momentum", momentum, 0.0, 1.0, high_open=True)
-    _check_number("kl_clip", kl_clip, 0.0, math.inf, low_open=True)
-    _check_number("damping", damping, 0.0, math.inf, low_open=True)
-    _check_number("stats_decay", stats_decay, 0.0, 1.0, high_open=True)
+    check_number("momentum", momentum, 0.0, 1.0, high_open=True)
+    check_number("kl_clip", kl_clip, 0.0, math.inf, low_open=True)
+    check_number("damping", damping, 0.0, math.inf, low_open=True)
+    check_number("stats_decay", stats_decay, 0.0, 1.0, high_open=True)
     if damping_mode not in ("exact", "factored"):
         raise ValueError(f"damping_mode must be 'exact' or 'factored', got {damping_mode!r}")
     if conv_mode not in ("expand", "reduce"):
@@ -107,7 +108,7 @@ class KFAC(th.optim.Optimizer):
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
     ) -> None:
-        _check_number("lr", lr, 0.0, math.inf)
+        check_number("lr", lr, 0.0, math.inf)
         check_hyperparameters(
             momentum=momentum,
             kl_clip=kl_clip,
