@@ -38,6 +38,7 @@ TASKS: dict[str, dict[str, float]] = {
     "Acrobot-v1": dict(threshold=-100, budget=300_000, eval_freq=10_000, eval_episodes=10),
     "LunarLander-v3": dict(threshold=200, budget=1_000_000, eval_freq=25_000, eval_episodes=10),
     "PongNoFrameskip-v4": dict(threshold=18, budget=3_000_000, eval_freq=100_000, eval_episodes=5),
+    "BreakoutNoFrameskip-v4": dict(threshold=10, budget=1_000_000, eval_freq=50_000, eval_episodes=5),
     "HalfCheetah-v5": dict(threshold=1450, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
     "Hopper-v5": dict(threshold=2428, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
 }
@@ -60,6 +61,7 @@ def train(env_id: str, algo: str, seed: int, budget: int | None) -> str:
         "--seed", str(seed), "-f", str(directory / "zoo"), "--eval-freq", str(int(task["eval_freq"])),
         "--eval-episodes", str(int(task["eval_episodes"])), "--n-eval-envs", "1", "--verbose", "0",
     ]  # fmt: skip
+    command += hyperparameters_option(env_id, algo, directory)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.time()
     with open(directory / "train.log", "w") as log:
@@ -67,6 +69,25 @@ def train(env_id: str, algo: str, seed: int, budget: int | None) -> str:
     seconds = time.time() - start
     (directory / "done.json").write_text(json.dumps(dict(seconds=seconds, n_timesteps=n_timesteps, command=command)))
     return f"{env_id} {algo} seed {seed}: {seconds:.0f} s"
+
+
+def hyperparameters_option(env_id: str, algo: str, directory: Path) -> list[str]:
+    """
+    ``-conf FILE`` for A2C/PPO on a MuJoCo ``-v5`` task: rl-zoo3's files tune these algorithms for ``-v4`` only, so the
+    ``-v4`` section is copied under the ``-v5`` name (the tasks differ in details, not in their dynamics' scale).
+    """
+    if algo == "acktr" or not env_id.endswith("-v5"):
+        return []
+    import rl_zoo3
+    import yaml
+
+    with open(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml") as file:
+        sections = yaml.safe_load(file)
+    if env_id in sections:
+        return []
+    conf = directory / "hyperparams.yml"
+    conf.write_text(yaml.safe_dump({env_id: sections[env_id.replace("-v5", "-v4")]}))
+    return ["-conf", str(conf)]
 
 
 def zoo_run_folder(directory: Path, algo: str, env_id: str) -> Path:

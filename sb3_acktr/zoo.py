@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 
 from sb3_acktr.acktr import ACKTR
+from sb3_acktr.common.torch_layers import AcktrCNN
 
 COMMANDS = ("train", "enjoy", "record_video")
 
@@ -56,11 +57,15 @@ def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
 
 
 def register() -> None:
-    """Make ``acktr`` an rl-zoo3 algorithm: its class, Optuna sampler and trial-parameter converter."""
-    from rl_zoo3 import ALGOS
+    """
+    Make ``acktr`` an rl-zoo3 algorithm: its class, Optuna sampler and trial-parameter converter. ``AcktrCNN`` becomes
+    a name that ``policy_kwargs`` strings in hyperparameter files can use (the zoo evaluates them in its own module).
+    """
+    from rl_zoo3 import ALGOS, exp_manager
     from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER, convert_onpolicy_params
 
     ALGOS["acktr"] = ACKTR
+    vars(exp_manager)["AcktrCNN"] = AcktrCNN
     HYPERPARAMS_SAMPLER["acktr"] = sample_acktr_params
     HYPERPARAMS_CONVERTER["acktr"] = convert_onpolicy_params
 

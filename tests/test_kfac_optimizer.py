@@ -82,6 +82,83 @@ def test_trust_region_scale_is_one_when_satisfied_and_binds_otherwise() -> None:
         assert float(-(step * grads).sum()) / (lr * scale) == pytest.approx(vg_sum, rel=1e-4)
 
 
+class TwoHeads(nn.Module):
+    """Two heads, one on a trunk and one on the inputs: the second's parameters can get a trust region of their own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh())
+        self.first = nn.Linear(8, 3)
+        self.second = nn.Linear(5, 3)
+
+    def forward(self, inputs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        return self.first(self.trunk(inputs)), self.second(inputs)
+
+
+def two_heads_update(model: TwoHeads, optimizer: KFAC, second_weight: float) -> None:
+    inputs, targets = th.randn(16, 5), th.randint(0, 3, (16,))
+    with optimizer.capture_statistics():
+        first, second = model(inputs)
+    distributions = [th.distributions.Categorical(logits=logits) for logits in (first, second)]
+    optimizer.update_statistics(sum(-d.log_prob(d.sample()).sum() for d in distributions))
+    loss = -distributions[0].log_prob(targets).mean() - second_weight * distributions[1].log_prob(targets).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_separate_trust_regions_bind_independently() -> None:
+    model = TwoHeads()
+    joint_model = copy.deepcopy(model)
+    second = list(model.second.parameters())
+    optimizer = KFAC(
+        model, lr=10.0, momentum=0.0, kl_clip=0.001, trust_regions=[dict(name="second", params=second, kl_clip=0.1)]
+    )
+    joint = KFAC(joint_model, lr=10.0, momentum=0.0, kl_clip=0.001)
+    assert [len(group["params"]) for group in optimizer.param_groups] == [4, 2]
+    before = [p.detach().clone() for p in second]
+    th.manual_seed(3)
+    two_heads_update(model, optimizer, second_weight=1000.0)
+    th.manual_seed(3)
+    two_heads_update(joint_model, joint, second_weight=1000.0)
+    diagnostics = optimizer.diagnostics()
+    for prefix, kl_clip in (("", 0.001), ("second/", 0.1)):
+        scale, vg_sum = diagnostics[f"{prefix}trust_region_scale"], diagnostics[f"{prefix}vg_sum"]
+        assert scale < 1.0
+        assert 10.0**2 * scale**2 * vg_sum == pytest.approx(kl_clip, rel=1e-6)
+    # Each group steps by -lr * its own scale * V ...
+    step = th.cat([(p.detach() - b).reshape(-1) for p, b in zip(second, before, strict=True)])
+    grads = th.cat([p.grad.reshape(-1) for p in second])
+    scale = diagnostics["second/trust_region_scale"]
+    assert float(-(step * grads).sum()) / (10.0 * scale) == pytest.approx(diagnostics["second/vg_sum"], rel=1e-4)
+    # ... so the second head's large gradient no longer shrinks the step of the rest, as it does in a joint region.
+    joint_diagnostics = joint.diagnostics()
+    assert joint_diagnostics["vg_sum"] == pytest.approx(diagnostics["vg_sum"] + diagnostics["second/vg_sum"], rel=1e-5)
+    assert diagnostics["trust_region_scale"] > 10 * joint_diagnostics["trust_region_scale"]
+
+
+@pytest.mark.parametrize(
+    "regions, message",
+    [
+        ([dict(params=[])], "needs 'params' and a 'name'"),
+        ([dict(name="x", params=[], lr=1.0)], "needs 'params' and a 'name'"),
+        ([dict(name="x", params=[nn.Parameter(th.zeros(1))])], "not a trainable model parameter"),
+        ([dict(name="x", params="second"), dict(name="y", params="second")], "in two trust regions"),
+        ([dict(name="x", params="weight only")], "weight and bias of layer 'second'"),
+        ([dict(name="x", params="all")], "cover every parameter"),
+        ([dict(name="x", params="second", kl_clip=0.0)], "kl_clip of trust region 'x'"),
+    ],
+)
+def test_invalid_trust_regions_are_named(regions: list[dict], message: str) -> None:
+    model = TwoHeads()
+    named = {"second": list(model.second.parameters()), "weight only": [model.second.weight], "all": list(model.parameters())}
+    regions = [
+        dict(region, params=named[region["params"]]) if isinstance(region.get("params"), str) else region for region in regions
+    ]
+    with pytest.raises(ValueError, match=message):
+        KFAC(model, trust_regions=regions)
+
+
 def test_zero_gradient_and_zero_learning_rate_are_safe() -> None:
     model = small_cnn()
     optimizer = KFAC(model, lr=0.0, momentum=0.0)

@@ -78,6 +78,39 @@ def test_damping_modes_and_shared_or_separate_extractors(damping_mode: str, shar
     assert values["kfac/skipped_steps"] == 0
 
 
+@pytest.mark.parametrize(
+    "policy, env, policy_kwargs, expected",
+    [
+        ("MlpPolicy", "CartPole-v1", {}, {"mlp_extractor.value_net", "value_net"}),
+        ("MlpPolicy", "Pendulum-v1", dict(net_arch=[]), {"value_net"}),
+        (
+            "CnnPolicy",
+            "image",
+            dict(features_extractor_kwargs=dict(features_dim=32)),
+            {"mlp_extractor.value_net", "value_net"},
+        ),
+        (
+            "CnnPolicy",
+            "image",
+            dict(share_features_extractor=False),
+            {"vf_features_extractor", "mlp_extractor.value_net", "value_net"},
+        ),
+    ],
+)
+def test_separate_critic_trust_region(policy: str, env: str | gym.Env, policy_kwargs: dict, expected: set[str]) -> None:
+    if env == "image":
+        env = FakeImageEnv(screen_height=36, screen_width=36, n_channels=1)
+    model = ACKTR(policy, env, n_steps=4, vf_kl_clip=0.01, policy_kwargs=policy_kwargs, seed=0)
+    names = {id(p): name for name, p in model.policy.named_parameters()}
+    actor_group, critic_group = model.kfac.param_groups
+    critic_names = {names[id(p)] for p in critic_group["params"]}
+    assert critic_names == {name for name in names.values() if name.startswith(tuple(expected))}
+    assert critic_group["kl_clip"] == 0.01 and actor_group["kl_clip"] == model.kl_clip
+    values = train_without_dump(model, 16)
+    assert 0 < values["kfac/value/trust_region_scale"] <= 1 and 0 < values["kfac/trust_region_scale"] <= 1
+    assert parameters_finite(model)
+
+
 @pytest.mark.parametrize("conv_mode", ["expand", "reduce"])
 def test_cnn_conv_modes(conv_mode: str) -> None:
     model = ACKTR("CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36), n_steps=4, conv_mode=conv_mode, seed=0)

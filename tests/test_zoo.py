@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sb3_acktr import ACKTR
+from sb3_acktr import ACKTR, AcktrCNN
 from sb3_acktr.zoo import default_hyperparameters_file, main, zoo_arguments
 
 pytest.importorskip("rl_zoo3", reason="the zoo extra is not installed")
@@ -80,6 +80,11 @@ def test_every_section_builds_and_runs_updates(section: str, tmp_path: Path) -> 
     assert model.n_steps == n_steps and model.n_envs == n_envs
     if hyperparams.get("normalize"):
         assert (run / env_id / "vecnormalize.pkl").is_file()
+    for knob in ("damping_mode", "conv_mode", "stats_update_interval", "inverse_update_interval", "kl_clip"):
+        if knob in hyperparams:
+            assert getattr(model, knob) == hyperparams[knob], knob
+    if "AcktrCNN" in hyperparams.get("policy_kwargs", ""):
+        assert isinstance(model.policy.features_extractor, AcktrCNN)
 
 
 def test_train_enjoy_continue_and_optimize(tmp_path: Path) -> None:

@@ -69,6 +69,11 @@ class ACKTR(OnPolicyAlgorithm):
     :param momentum: Momentum of the SGD step (the step size is ``learning_rate * (1 - momentum)``)
     :param kl_clip: Trust-region bound on ``lr^2 * sum <V, grad>`` (about twice the KL between the policies
         before and after an update, momentum aside)
+    :param vf_kl_clip: If set, the parameters that only the critic uses (``value_net``, the critic's MLP and its own
+        features extractor) get a trust region of their own with this bound, and ``kl_clip`` applies to the rest.
+        ``None`` (default): one trust region for all parameters, as in the reference implementations for Atari; the
+        paper's continuous-control code gave the critic its own optimizer. A separate region keeps large value errors
+        from taking the whole step away from the actor.
     :param damping: Tikhonov damping of the Kronecker-factored Fisher
     :param stats_decay: Decay of the running averages of the Kronecker factors
     :param vf_fisher_coef: Weight of the critic's term ``(V(s) - y)^2``, ``y ~ N(V(s), 1)``, in the Fisher loss
@@ -119,6 +124,7 @@ class ACKTR(OnPolicyAlgorithm):
         vf_coef: float = 0.5,
         momentum: float = 0.9,
         kl_clip: float = 0.001,
+        vf_kl_clip: float | None = None,
         damping: float = 0.01,
         stats_decay: float = 0.99,
         vf_fisher_coef: float = 1.0,
@@ -177,6 +183,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.momentum = momentum
         self.kl_clip = kl_clip
+        self.vf_kl_clip = vf_kl_clip
         self.damping = damping
         self.stats_decay = stats_decay
         self.vf_fisher_coef = vf_fisher_coef
@@ -188,6 +195,8 @@ class ACKTR(OnPolicyAlgorithm):
         self.log_kl = log_kl
         # Checked before any network is built, so that a bad value costs nothing.
         check_hyperparameters(**self._kfac_kwargs())
+        if vf_kl_clip is not None:
+            check_number("vf_kl_clip", vf_kl_clip, 0.0, math.inf, low_open=True)
         if self.env is not None and self.n_envs * self.n_steps < 2:
             raise ValueError(
                 f"ACKTR needs at least 2 samples per update to estimate the Fisher, got n_steps * n_envs = "
@@ -219,11 +228,32 @@ class ACKTR(OnPolicyAlgorithm):
                 f"ACKTR needs an ActorCriticPolicy (with mlp_extractor, action_net and value_net), "
                 f"got {type(self.policy).__name__}"
             )
+        trust_regions = []
+        if self.vf_kl_clip is not None:
+            trust_regions.append(dict(name="value", params=self._critic_only_parameters(), kl_clip=self.vf_kl_clip))
         self.policy.optimizer = KFAC(
-            self.policy, lr=self.lr_schedule(1), async_inverse=self.async_inverse, **self._kfac_kwargs()
+            self.policy,
+            lr=self.lr_schedule(1),
+            async_inverse=self.async_inverse,
+            trust_regions=trust_regions,
+            **self._kfac_kwargs(),
         )
         if self.policy.optimizer.uncovered_parameters and self.verbose >= 1:
             print(f"K-FAC does not model these parameters (plain gradient): {self.policy.optimizer.uncovered_parameters}")
+
+    def _critic_only_parameters(self) -> list[th.nn.Parameter]:
+        """The trainable parameters that the values depend on and the action distribution does not (by autograd)."""
+        policy = self.policy
+        was_training = policy.training
+        policy.set_training_mode(False)  # no BatchNorm statistics from this probe
+        obs, _ = policy.obs_to_tensor(self.observation_space.sample())
+        distribution, values = self._forward(obs)
+        actor_output = distribution.log_prob(distribution.get_actions(deterministic=True)).sum()
+        params = [param for param in policy.parameters() if param.requires_grad]
+        actor = th.autograd.grad(actor_output, params, allow_unused=True, retain_graph=True)
+        critic = th.autograd.grad(values.sum(), params, allow_unused=True)
+        policy.set_training_mode(was_training)
+        return [param for param, a, c in zip(params, actor, critic, strict=True) if a is None and c is not None]
 
     @property
     def kfac(self) -> KFAC:

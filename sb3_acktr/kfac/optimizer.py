@@ -15,7 +15,7 @@ Usage, once per update::
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -69,6 +69,34 @@ def check_hyperparameters(
     _check_interval("inverse_update_interval", inverse_update_interval)
 
 
+def _inner(natural: th.Tensor, grad: th.Tensor) -> float:
+    return float((natural.double() * grad.double()).sum())
+
+
+def _split_into_groups(params: list[th.Tensor], trust_regions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One param group for the parameters of no listed trust region, then one per listed trust region."""
+    owner: dict[int, str] = {}
+    groups = []
+    for region in trust_regions:
+        unknown = set(region) - {"params", "name", "kl_clip"}
+        if unknown or "params" not in region or not region.get("name"):
+            raise ValueError(f"A trust region needs 'params' and a 'name' (and may set 'kl_clip'), got keys {sorted(region)}")
+        if "kl_clip" in region:
+            check_number(f"kl_clip of trust region {region['name']!r}", region["kl_clip"], 0.0, math.inf, low_open=True)
+        region_params = list(region["params"])
+        for param in region_params:
+            if not any(param is p for p in params):
+                raise ValueError(f"Trust region {region['name']!r} lists a parameter that is not a trainable model parameter")
+            if id(param) in owner:
+                raise ValueError(f"A parameter is in two trust regions: {owner[id(param)]!r} and {region['name']!r}")
+            owner[id(param)] = region["name"]
+        groups.append(dict(region, params=region_params))
+    rest = [p for p in params if id(p) not in owner]
+    if not rest:
+        raise ValueError("The trust regions cover every parameter: leave some to the shared trust region")
+    return [{"params": rest}, *groups]
+
+
 class KFAC(th.optim.Optimizer):
     """
     Kronecker-factored approximate curvature (Martens & Grosse, 2015; Grosse & Martens, 2016 for convolutions)
@@ -92,6 +120,9 @@ class KFAC(th.optim.Optimizer):
     :param inverse_update_interval: refresh the inverses every this many steps
     :param async_inverse: refresh the inverses in a background thread; the step keeps the previous inverses until
         the new ones are ready (non-deterministic timing)
+    :param trust_regions: parameters that get a trust region of their own, instead of sharing the one of all other
+        parameters: a list of dicts with ``params``, ``name`` and optionally ``kl_clip`` (default: ``kl_clip``).
+        Each becomes a param group; a layer's weight and bias must stay together. ACKTR uses it for the critic.
     """
 
     def __init__(
@@ -107,6 +138,7 @@ class KFAC(th.optim.Optimizer):
         stats_update_interval: int = 1,
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
+        trust_regions: Sequence[dict[str, Any]] = (),
     ) -> None:
         check_number("lr", lr, 0.0, math.inf)
         check_hyperparameters(
@@ -123,8 +155,8 @@ class KFAC(th.optim.Optimizer):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("The model has no trainable parameters")
-        defaults = dict(lr=lr, momentum=momentum, kl_clip=kl_clip, damping=damping)
-        super().__init__(params, defaults)
+        defaults = dict(lr=lr, momentum=momentum, kl_clip=kl_clip, damping=damping, name="")
+        super().__init__(_split_into_groups(params, trust_regions), defaults)
 
         self.stats_decay = stats_decay
         self.damping_mode: DampingMode = damping_mode
@@ -143,6 +175,7 @@ class KFAC(th.optim.Optimizer):
         covered = {id(p) for block in self.blocks for p in block.parameters}
         names = {id(p): name for name, p in model.named_parameters()}
         self.uncovered_parameters: list[str] = [names[id(p)] for p in params if id(p) not in covered]
+        self._check_blocks_within_groups()
 
         self._capturing = False
         self._collecting_gradients = False
@@ -155,7 +188,9 @@ class KFAC(th.optim.Optimizer):
         self.inverse_age = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.consecutive_skipped_steps = 0
-        self._last: dict[str, float] = {"trust_region_scale": float("nan"), "vg_sum": float("nan")}
+        self._last: dict[str, float] = {
+            f"{prefix}{key}": float("nan") for prefix in self._group_prefixes() for key in ("trust_region_scale", "vg_sum")
+        }
         self._seconds = {"statistics": 0.0, "inverse": 0.0}
 
     # ------------------------------------------------------------------ statistics
@@ -322,34 +357,46 @@ class KFAC(th.optim.Optimizer):
         """
         if closure is not None:
             raise ValueError("KFAC.step() takes no closure")
-        group = self.param_groups[0]
-        lr, momentum, kl_clip, damping = group["lr"], group["momentum"], group["kl_clip"], group["damping"]
-        self._refresh_inverses(damping)
+        self._refresh_inverses(self.param_groups[0]["damping"])
         self.n_steps += 1
         self.inverse_age += 1
 
         directions = self._natural_gradients()
+        groups = [(group, [p for p in group["params"] if p in directions]) for group in self.param_groups]
         # In float64: with badly scaled rewards the sum can overflow float32 where the step itself would not.
-        vg_sum = sum((float((natural.double() * grad.double()).sum()) for natural, grad in directions.values()), 0.0)
-        self._last["vg_sum"] = vg_sum
-        if not math.isfinite(vg_sum) or not all(bool(th.isfinite(natural).all()) for natural, _ in directions.values()):
+        vg_sums = [sum((_inner(*directions[p]) for p in group_params), 0.0) for _, group_params in groups]
+        for prefix, vg_sum in zip(self._group_prefixes(), vg_sums, strict=True):
+            self._last[f"{prefix}vg_sum"] = vg_sum
+        finite = all(math.isfinite(vg) for vg in vg_sums) and all(bool(th.isfinite(v).all()) for v, _ in directions.values())
+        if not finite:
             self.counters["skipped_steps"] += 1
             self.consecutive_skipped_steps += 1
-            self._last["trust_region_scale"] = 0.0
+            self._last.update({f"{prefix}trust_region_scale": 0.0 for prefix in self._group_prefixes()})
             return
         self.consecutive_skipped_steps = 0
-        scale = 1.0
-        if lr > 0.0 and vg_sum > 0.0:
-            scale = min(1.0, math.sqrt(kl_clip / (lr**2 * vg_sum)))
-        self._last["trust_region_scale"] = scale
+        for prefix, (group, group_params), vg_sum in zip(self._group_prefixes(), groups, vg_sums, strict=True):
+            lr, momentum = group["lr"], group["momentum"]
+            scale = 1.0
+            if lr > 0.0 and vg_sum > 0.0:
+                scale = min(1.0, math.sqrt(group["kl_clip"] / (lr**2 * vg_sum)))
+            self._last[f"{prefix}trust_region_scale"] = scale
+            for param in group_params:
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = th.zeros_like(param)
+                buffer = state["momentum_buffer"]
+                buffer.mul_(momentum).add_(directions[param][0], alpha=scale)
+                param.add_(buffer, alpha=-lr * (1.0 - momentum))
 
-        for param, (natural, _) in directions.items():
-            state = self.state[param]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = th.zeros_like(param)
-            buffer = state["momentum_buffer"]
-            buffer.mul_(momentum).add_(natural, alpha=scale)
-            param.add_(buffer, alpha=-lr * (1.0 - momentum))
+    def _group_prefixes(self) -> list[str]:
+        """Diagnostic key prefix of each param group: none for the first, ``name/`` for the separate trust regions."""
+        return ["" if index == 0 else f"{group['name']}/" for index, group in enumerate(self.param_groups)]
+
+    def _check_blocks_within_groups(self) -> None:
+        group_of = {id(p): index for index, group in enumerate(self.param_groups) for p in group["params"]}
+        for block in self.blocks:
+            if len({group_of[id(p)] for p in block.parameters}) > 1:
+                raise ValueError(f"The weight and bias of layer {block.name!r} are in different trust regions")
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self, per_layer: bool = False) -> dict[str, float]:
@@ -359,9 +406,8 @@ class KFAC(th.optim.Optimizer):
         ``per_layer`` the damping split ``pi`` and the eigenvalue range of each layer's factors.
         """
         out = {
-            "trust_region_scale": self._last["trust_region_scale"],
+            **self._last,
             "damping": float(self.param_groups[0]["damping"]),
-            "vg_sum": self._last["vg_sum"],
             "inverse_age": float(self.inverse_age),
             "statistics_seconds": self._seconds["statistics"],
             "inverse_seconds": self._seconds["inverse"],
