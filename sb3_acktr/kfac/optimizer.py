@@ -73,7 +73,7 @@ def _inner(natural: th.Tensor, grad: th.Tensor) -> float:
     return float((natural.double() * grad.double()).sum())
 
 
-def _split_into_groups(params: list[th.Tensor], trust_regions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _split_into_groups(params: Sequence[th.Tensor], trust_regions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One param group for the parameters of no listed trust region, then one per listed trust region."""
     owner: dict[int, str] = {}
     groups = []
