@@ -11,8 +11,9 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
 (the vectorised environments step in lockstep, so env 0's step count times n_envs is the run's timestep count).
 ``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each
 task, timesteps and seconds until the evaluation return first reaches the threshold (mean and standard deviation over
-the seeds that reached it, and how many did), and the mean evaluation return over the whole run (area under the curve:
-it also rewards staying above the threshold).
+the seeds that reached it, and how many did), the mean evaluation return over the whole run (area under the curve:
+it also rewards staying above the threshold), and the mean return of the last 100 training episodes (from the Monitor
+files: stochastic actions, full games; on Atari the deterministic evaluation policy often stalls).
 """
 
 import argparse
@@ -34,8 +35,8 @@ DOCS = ROOT / "docs"
 
 # Threshold, budget (timesteps, the same for every algorithm), evaluation every ... timesteps, episodes per evaluation.
 TASKS: dict[str, dict[str, float]] = {
-    "CartPole-v1": dict(threshold=475, budget=300_000, eval_freq=10_000, eval_episodes=10),
-    "Acrobot-v1": dict(threshold=-100, budget=300_000, eval_freq=10_000, eval_episodes=10),
+    "CartPole-v1": dict(threshold=475, budget=100_000, eval_freq=2_500, eval_episodes=10),
+    "Acrobot-v1": dict(threshold=-100, budget=150_000, eval_freq=2_500, eval_episodes=10),
     "LunarLander-v3": dict(threshold=200, budget=1_000_000, eval_freq=25_000, eval_episodes=10),
     "PongNoFrameskip-v4": dict(threshold=18, budget=3_000_000, eval_freq=100_000, eval_episodes=5),
     "BreakoutNoFrameskip-v4": dict(threshold=10, budget=1_000_000, eval_freq=50_000, eval_episodes=5),
@@ -107,6 +108,13 @@ def wall_clock_at(folder: Path, timesteps: np.ndarray) -> np.ndarray:
     return np.interp(timesteps, steps, rows[:, 2])
 
 
+def final_training_return(folder: Path, episodes: int = 100) -> float:
+    """Mean return of the last ``episodes`` training episodes over all environments (Monitor files, full games)."""
+    rows = [np.genfromtxt(path, delimiter=",", skip_header=2, ndmin=2) for path in folder.glob("*.monitor.csv")]
+    finished = np.concatenate(rows)
+    return float(finished[np.argsort(finished[:, 2])][-episodes:, 0].mean())
+
+
 def load_run(env_id: str, algo: str, seed: int) -> dict | None:
     directory = run_directory(env_id, algo, seed)
     if not (directory / "done.json").is_file():
@@ -124,6 +132,7 @@ def load_run(env_id: str, algo: str, seed: int) -> dict | None:
         steps_to_threshold=int(timesteps[reached[0]]) if reached.size else None,
         seconds_to_threshold=float(seconds[reached[0]]) if reached.size else None,
         final_return=float(returns[-1]),
+        final_training_return=final_training_return(folder),
         mean_return=float(returns.mean()),
         total_seconds=done["seconds"],
         fps=done["n_timesteps"] / done["seconds"],
@@ -162,6 +171,8 @@ def report() -> None:
                 mean_return_std=mean_std([run["mean_return"] for run in runs])[1],
                 final_return_mean=mean_std([run["final_return"] for run in runs])[0],
                 final_return_std=mean_std([run["final_return"] for run in runs])[1],
+                training_return_mean=mean_std([run["final_training_return"] for run in runs])[0],
+                training_return_std=mean_std([run["final_training_return"] for run in runs])[1],
                 fps_mean=mean_std([run["fps"] for run in runs])[0],
             )
             rows.append(row)
@@ -184,16 +195,17 @@ def fmt(value: float | None, digits: int = 0) -> str:
 def print_table(rows: list[dict]) -> None:
     print(
         "| task | algo | reached / seeds | timesteps to threshold | seconds to threshold | mean return over the run "
-        "| final return | fps |"
+        "| final return | last 100 training episodes | fps |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['env']} (>= {row['threshold']}, {row['budget']:,} steps) | {row['algo']} | "
             f"{row['reached']} / {row['seeds']} | {fmt(row['steps_mean'])} ± {fmt(row['steps_std'])} | "
             f"{fmt(row['seconds_mean'])} ± {fmt(row['seconds_std'])} | "
             f"{fmt(row['mean_return_mean'], 1)} ± {fmt(row['mean_return_std'], 1)} | "
-            f"{fmt(row['final_return_mean'], 1)} ± {fmt(row['final_return_std'], 1)} | {fmt(row['fps_mean'])} |"
+            f"{fmt(row['final_return_mean'], 1)} ± {fmt(row['final_return_std'], 1)} | "
+            f"{fmt(row['training_return_mean'], 1)} ± {fmt(row['training_return_std'], 1)} | {fmt(row['fps_mean'])} |"
         )
 
 

@@ -4,12 +4,14 @@ whole-run timesteps per second and peak memory.
 
     python benchmarks/train_cost.py              # NatureCNN on Pong at 16x20 and 32x20, the default MLP on CartPole at 8x20
     python benchmarks/train_cost.py --quick      # fewer updates
+    python benchmarks/train_cost.py --cases cnn-32x20-zoo   # ACKTR with the Atari section of hyperparams/acktr.yml
 
 Per update: one rollout is collected once and copied into both models; each then runs ``train()`` on it
 ``--updates`` times (ACKTR's inverse refreshes included, so the figure is amortised), alternating the two algorithms
 ``--rounds`` times; the ratio of the medians is printed. Whole run: ``learn()`` for the same number of timesteps in a
 fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
-Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop, ACKTR's K-FAC).
+Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop, ACKTR's K-FAC); in ``cnn-32x20-zoo`` ACKTR uses
+the network and K-FAC settings of the zoo's Atari section instead (timed over at least one inverse refresh interval).
 """
 
 import argparse
@@ -20,8 +22,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch as th
+import yaml
 from stable_baselines3 import A2C
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -29,12 +33,22 @@ from stable_baselines3.common.env_util import make_atari_env, make_vec_env
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
-from sb3_acktr import ACKTR
+from sb3_acktr import ACKTR, AcktrCNN
+from sb3_acktr.zoo import default_hyperparameters_file
+
+
+def zoo_atari_settings() -> dict:
+    """ACKTR's network and K-FAC settings in the Atari section of the packaged hyperparameter file."""
+    section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())["atari"]
+    keys = ("damping_mode", "conv_mode", "stats_update_interval", "inverse_update_interval")
+    return dict({key: section[key] for key in keys}, policy_kwargs=eval(section["policy_kwargs"], {"AcktrCNN": AcktrCNN}))
+
 
 CASES = {
     "cnn-16x20": dict(env="PongNoFrameskip-v4", n_envs=16, n_steps=20, policy="CnnPolicy"),
     "cnn-32x20": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy"),
     "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
+    "cnn-32x20-zoo": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=zoo_atari_settings()),
 }
 
 
@@ -49,8 +63,12 @@ def make_env(case: dict) -> VecEnv:
 
 
 def make_model(algo: str, case: dict, env: VecEnv) -> BaseAlgorithm:
-    algorithm = ACKTR if algo == "acktr" else A2C
-    model = algorithm(case["policy"], env, n_steps=case["n_steps"], seed=0, device="cpu")
+    if algo == "acktr":
+        model: BaseAlgorithm = ACKTR(
+            case["policy"], env, n_steps=case["n_steps"], seed=0, device="cpu", **case.get("acktr", {})
+        )
+    else:
+        model = A2C(case["policy"], env, n_steps=case["n_steps"], seed=0, device="cpu")
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
 
@@ -76,6 +94,7 @@ def train_ratio(case: dict, n_updates: int, rounds: int) -> dict[str, float]:
     a2c.collect_rollouts(a2c.env, callback, a2c.rollout_buffer, n_rollout_steps=case["n_steps"])
     acktr.rollout_buffer = copy.deepcopy(a2c.rollout_buffer)
     acktr._current_progress_remaining = a2c._current_progress_remaining = 1.0
+    n_updates = max(n_updates, case.get("acktr", {}).get("inverse_update_interval", 0))
     times: dict[str, list[float]] = {"a2c": [], "acktr": []}
     for _ in range(rounds):
         times["a2c"].append(seconds_per_update(a2c, n_updates))
