@@ -31,7 +31,7 @@ def default_hyperparameters_file() -> str:
 def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
     Optuna sampler for ACKTR: the A2C search space of rl-zoo3 with ACKTR's learning rates, plus the K-FAC knobs
-    (trust region, damping, momentum, statistics decay, damping mode and inverse refresh interval).
+    (trust regions, damping, momentum, statistics decay, damping mode and inverse refresh interval).
     """
     from rl_zoo3.hyperparams_opt import convert_onpolicy_params
 
@@ -44,6 +44,7 @@ def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
         "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.1, log=True),
         "vf_coef": trial.suggest_float("vf_coef", 0.1, 1.0),
         "kl_clip": trial.suggest_float("kl_clip", 1e-4, 1e-2, log=True),
+        "vf_kl_clip": trial.suggest_categorical("vf_kl_clip", [None, 3e-4, 1e-3, 3e-3]),
         "damping": trial.suggest_float("damping", 1e-4, 1e-1, log=True),
         "momentum": trial.suggest_categorical("momentum", [0.0, 0.5, 0.9]),
         "stats_decay": trial.suggest_categorical("stats_decay", [0.9, 0.95, 0.99]),

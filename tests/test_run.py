@@ -78,6 +78,13 @@ def test_damping_modes_and_shared_or_separate_extractors(damping_mode: str, shar
     assert values["kfac/skipped_steps"] == 0
 
 
+def test_single_trust_region_on_request() -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=4, vf_kl_clip=None, seed=0)
+    assert len(model.kfac.param_groups) == 1
+    values = train_without_dump(model, 16)
+    assert "kfac/value/trust_region_scale" not in values and 0 < values["kfac/trust_region_scale"] <= 1
+
+
 @pytest.mark.parametrize(
     "policy, env, policy_kwargs, expected",
     [

@@ -48,13 +48,46 @@ def fisher_loss(distribution: Distribution, values: th.Tensor, vf_fisher_coef: f
     return actor_nll + vf_fisher_coef * critic_term
 
 
+def forward_actor_critic(policy: ActorCriticPolicy, obs: PyTorchObs) -> tuple[Distribution, th.Tensor]:
+    """One forward pass of actor and critic (each layer called once, as K-FAC requires)."""
+    features = policy.extract_features(obs)
+    if policy.share_features_extractor:
+        latent_pi, latent_vf = policy.mlp_extractor(features)
+    else:
+        pi_features, vf_features = features
+        latent_pi = policy.mlp_extractor.forward_actor(pi_features)
+        latent_vf = policy.mlp_extractor.forward_critic(vf_features)
+    return policy._get_action_dist_from_latent(latent_pi), policy.value_net(latent_vf).flatten()
+
+
+def critic_only_parameters(policy: ActorCriticPolicy, observation_space: spaces.Space) -> list[th.nn.Parameter]:
+    """
+    The trainable parameters that the values depend on and the action distribution does not, found by autograd on
+    one sampled observation. The probe runs in eval mode (no BatchNorm statistics) and leaves the policy's action
+    distribution as it found it (no graph attached to it, so the policy can still be deep-copied).
+    """
+    was_training, dist_state = policy.training, dict(vars(policy.action_dist))
+    policy.set_training_mode(False)
+    obs, _ = policy.obs_to_tensor(observation_space.sample())
+    distribution, values = forward_actor_critic(policy, obs)
+    actor_output = distribution.log_prob(distribution.get_actions(deterministic=True)).sum()
+    params = [param for param in policy.parameters() if param.requires_grad]
+    actor = th.autograd.grad(actor_output, params, allow_unused=True, retain_graph=True)
+    critic = th.autograd.grad(values.sum(), params, allow_unused=True)
+    policy.set_training_mode(was_training)
+    vars(policy.action_dist).clear()
+    vars(policy.action_dist).update(dist_state)
+    return [param for param, a, c in zip(params, actor, critic, strict=True) if a is None and c is not None]
+
+
 class ACKTR(OnPolicyAlgorithm):
     """
     Actor Critic using Kronecker-Factored Trust Region (ACKTR).
 
     Paper: https://arxiv.org/abs/1708.05144
     A2C's loss and rollouts, with the gradient step replaced by a K-FAC natural gradient (one Fisher for actor
-    and critic together), a KL trust region and momentum SGD. Defaults follow OpenAI Baselines' ACKTR.
+    and critic together), a KL trust region and momentum SGD. Defaults follow OpenAI Baselines' ACKTR, except that the
+    critic-only parameters get a trust region of their own (``vf_kl_clip``).
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, ...)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -69,11 +102,10 @@ class ACKTR(OnPolicyAlgorithm):
     :param momentum: Momentum of the SGD step (the step size is ``learning_rate * (1 - momentum)``)
     :param kl_clip: Trust-region bound on ``lr^2 * sum <V, grad>`` (about twice the KL between the policies
         before and after an update, momentum aside)
-    :param vf_kl_clip: If set, the parameters that only the critic uses (``value_net``, the critic's MLP and its own
-        features extractor) get a trust region of their own with this bound, and ``kl_clip`` applies to the rest.
-        ``None`` (default): one trust region for all parameters, as in the reference implementations for Atari; the
-        paper's continuous-control code gave the critic its own optimizer. A separate region keeps large value errors
-        from taking the whole step away from the actor.
+    :param vf_kl_clip: Trust-region bound of the parameters that only the critic uses (``value_net``, the critic's MLP
+        and its own features extractor); ``kl_clip`` bounds the rest. A separate region keeps large value errors from
+        taking the whole step away from the actor (the paper's continuous-control code gave the critic its own
+        optimizer too). ``None``: one trust region for all parameters, as in the reference implementations for Atari.
     :param damping: Tikhonov damping of the Kronecker-factored Fisher
     :param stats_decay: Decay of the running averages of the Kronecker factors
     :param vf_fisher_coef: Weight of the critic's term ``(V(s) - y)^2``, ``y ~ N(V(s), 1)``, in the Fisher loss
@@ -124,7 +156,7 @@ class ACKTR(OnPolicyAlgorithm):
         vf_coef: float = 0.5,
         momentum: float = 0.9,
         kl_clip: float = 0.001,
-        vf_kl_clip: float | None = None,
+        vf_kl_clip: float | None = 0.001,
         damping: float = 0.01,
         stats_decay: float = 0.99,
         vf_fisher_coef: float = 1.0,
@@ -230,7 +262,8 @@ class ACKTR(OnPolicyAlgorithm):
             )
         trust_regions = []
         if self.vf_kl_clip is not None:
-            trust_regions.append(dict(name="value", params=self._critic_only_parameters(), kl_clip=self.vf_kl_clip))
+            critic_params = critic_only_parameters(self.policy, self.observation_space)
+            trust_regions.append(dict(name="value", params=critic_params, kl_clip=self.vf_kl_clip))
         self.policy.optimizer = KFAC(
             self.policy,
             lr=self.lr_schedule(1),
@@ -241,37 +274,11 @@ class ACKTR(OnPolicyAlgorithm):
         if self.policy.optimizer.uncovered_parameters and self.verbose >= 1:
             print(f"K-FAC does not model these parameters (plain gradient): {self.policy.optimizer.uncovered_parameters}")
 
-    def _critic_only_parameters(self) -> list[th.nn.Parameter]:
-        """The trainable parameters that the values depend on and the action distribution does not (by autograd)."""
-        policy = self.policy
-        was_training = policy.training
-        policy.set_training_mode(False)  # no BatchNorm statistics from this probe
-        obs, _ = policy.obs_to_tensor(self.observation_space.sample())
-        distribution, values = self._forward(obs)
-        actor_output = distribution.log_prob(distribution.get_actions(deterministic=True)).sum()
-        params = [param for param in policy.parameters() if param.requires_grad]
-        actor = th.autograd.grad(actor_output, params, allow_unused=True, retain_graph=True)
-        critic = th.autograd.grad(values.sum(), params, allow_unused=True)
-        policy.set_training_mode(was_training)
-        return [param for param, a, c in zip(params, actor, critic, strict=True) if a is None and c is not None]
-
     @property
     def kfac(self) -> KFAC:
         """The policy's K-FAC optimizer."""
         assert isinstance(self.policy.optimizer, KFAC)
         return self.policy.optimizer
-
-    def _forward(self, obs: PyTorchObs) -> tuple[Distribution, th.Tensor]:
-        """One forward pass of actor and critic (each layer called once, as K-FAC requires)."""
-        policy = self.policy
-        features = policy.extract_features(obs)
-        if policy.share_features_extractor:
-            latent_pi, latent_vf = policy.mlp_extractor(features)
-        else:
-            pi_features, vf_features = features
-            latent_pi = policy.mlp_extractor.forward_actor(pi_features)
-            latent_vf = policy.mlp_extractor.forward_critic(vf_features)
-        return policy._get_action_dist_from_latent(latent_pi), policy.value_net(latent_vf).flatten()
 
     def train(self) -> None:
         """
@@ -288,7 +295,7 @@ class ACKTR(OnPolicyAlgorithm):
 
             update_statistics = kfac.statistics_due()
             with kfac.capture_statistics(enabled=update_statistics):
-                distribution, values = self._forward(rollout_data.observations)
+                distribution, values = forward_actor_critic(self.policy, rollout_data.observations)
             if update_statistics:
                 kfac.update_statistics(fisher_loss(distribution, values, self.vf_fisher_coef))
 
@@ -312,7 +319,7 @@ class ACKTR(OnPolicyAlgorithm):
                 # The policy's Distribution object is reused by every forward: keep the old one's parameters.
                 old_distribution = copy.copy(distribution)
                 with th.no_grad():
-                    new_distribution, _ = self._forward(rollout_data.observations)
+                    new_distribution, _ = forward_actor_critic(self.policy, rollout_data.observations)
                     # Per-dimension KLs (diagonal Gaussian, Bernoulli) add up to the KL of the joint action.
                     kl = kl_divergence(old_distribution, new_distribution)
                     kl = kl.reshape(kl.shape[0], -1).sum(dim=1).mean()

@@ -103,7 +103,8 @@ class KFAC(th.optim.Optimizer):
     for every ``nn.Linear`` and ``nn.Conv2d`` of ``model``, with the trust region and momentum of ACKTR.
 
     The step is ``V = (F + damping)^-1 grad`` per layer, scaled by
-    ``nu = min(1, sqrt(kl_clip / (lr^2 * sum <V, grad>)))`` over all parameters, then applied with momentum SGD
+    ``nu = min(1, sqrt(kl_clip / (lr^2 * sum <V, grad>)))`` over all parameters (over each of ``trust_regions`` and
+    the remaining parameters separately, when given), then applied with momentum SGD
     (``buf = momentum * buf + nu * V``, ``p -= lr * (1 - momentum) * buf``), as in the reference implementations.
     Parameters outside supported layers (``log_std``, norm layers, grouped convolutions, ...) are *uncovered*:
     their raw gradient is used and enters the trust-region sum. See :attr:`uncovered_parameters`.
