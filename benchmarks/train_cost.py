@@ -147,7 +147,8 @@ def main() -> None:
         print(json.dumps(whole_run(args.whole_run[0], args.whole_run[1], n_updates)))
         return
 
-    print(f"torch {th.__version__}, {th.get_num_threads()} threads; per update: median of {args.rounds} rounds of {n_updates}")
+    rounds = f"median of {args.rounds} rounds of {n_updates} (or of one inverse interval when longer)"
+    print(f"torch {th.__version__}, {th.get_num_threads()} threads; per update: {rounds}")
     columns = ["case", "A2C train() ms", "ACKTR train() ms", "ratio", "A2C fps", "ACKTR fps", "fps ratio"]
     columns += ["A2C peak MiB", "ACKTR peak MiB"]
     print("| " + " | ".join(columns) + " |")
