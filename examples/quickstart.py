@@ -20,7 +20,16 @@ def main() -> None:
 
     # The tuned CartPole-v1 settings of hyperparams/acktr.yml; the best model of periodic evaluations is kept too.
     env = make_vec_env("CartPole-v1", n_envs=8, seed=args.seed)
-    model = ACKTR("MlpPolicy", env, ent_coef=0.0, seed=args.seed, verbose=0)
+    model = ACKTR(
+        "MlpPolicy",
+        env,
+        learning_rate=lambda progress_remaining: 0.25 * progress_remaining,
+        kl_clip=0.003,
+        vf_kl_clip=None,
+        ent_coef=0.0,
+        seed=args.seed,
+        verbose=0,
+    )
     evaluations = EvalCallback(
         make_vec_env("CartPole-v1", n_envs=1, seed=args.seed + 1000),
         eval_freq=5_000 // env.num_envs,
