@@ -40,7 +40,7 @@ from sb3_acktr.zoo import default_hyperparameters_file
 def zoo_atari_settings() -> dict:
     """ACKTR's network and K-FAC settings in the Atari section of the packaged hyperparameter file."""
     section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())["atari"]
-    keys = ("damping_mode", "conv_mode", "stats_update_interval", "inverse_update_interval")
+    keys = ("damping_mode", "conv_mode", "stats_update_interval", "inverse_update_interval", "vf_kl_clip")
     return dict({key: section[key] for key in keys}, policy_kwargs=eval(section["policy_kwargs"], {"AcktrCNN": AcktrCNN}))
 
 

@@ -147,6 +147,7 @@ def test_separate_trust_regions_bind_independently() -> None:
         ([dict(name="x", params="weight only")], "weight and bias of layer 'second'"),
         ([dict(name="x", params="all")], "cover every parameter"),
         ([dict(name="x", params="second", kl_clip=0.0)], "kl_clip of trust region 'x'"),
+        ([dict(name="x", params="second"), dict(name="x", params=[])], "Two trust regions are named 'x'"),
     ],
 )
 def test_invalid_trust_regions_are_named(regions: list[dict], message: str) -> None:

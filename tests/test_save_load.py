@@ -52,6 +52,32 @@ def test_next_update_after_load_is_bit_identical(tmp_path: Path, kwargs: dict) -
     assert not loaded.kfac.counters["skipped_steps"]
 
 
+@pytest.mark.parametrize("saved_vf_kl_clip, requested, expected", [(None, 0.001, None), (0.002, None, 0.002)])
+def test_saved_trust_region_layout_wins_on_load(tmp_path: Path, saved_vf_kl_clip, requested, expected) -> None:
+    """A model saved with one trust region (e.g. before vf_kl_clip existed) loads with one, and vice versa."""
+    model = make_model(vf_kl_clip=saved_vf_kl_clip)
+    model.learn(16 * 2 * 2, log_interval=10**9)
+    model.save(tmp_path / "acktr")
+    with pytest.warns(UserWarning, match="trust region"):
+        loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("Pendulum-v1", n_envs=2, seed=0), vf_kl_clip=requested)
+    assert loaded.vf_kl_clip == expected
+    assert len(loaded.kfac.param_groups) == len(model.kfac.param_groups)
+    assert loaded.kfac.n_steps == 2 and th.equal(parameters_vector(loaded), parameters_vector(model))
+    loaded.set_logger(Logger(None, []))
+    loaded.learn(16 * 2, reset_num_timesteps=False)
+    assert loaded.kfac.n_steps == 3 and not loaded.kfac.counters["skipped_steps"]
+
+
+def test_bounds_given_at_load_apply(tmp_path: Path) -> None:
+    model = make_model()
+    model.learn(16 * 2, log_interval=10**9)
+    model.save(tmp_path / "acktr")
+    loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("Pendulum-v1", n_envs=2, seed=0), kl_clip=0.01, vf_kl_clip=0.05)
+    loaded.set_logger(Logger(None, []))
+    loaded.learn(16 * 2, reset_num_timesteps=False)
+    assert [group["kl_clip"] for group in loaded.kfac.param_groups] == [0.01, 0.05]
+
+
 def test_continue_training_after_load(tmp_path: Path) -> None:
     model = make_model()
     model.learn(64, log_interval=10**9)

@@ -2,6 +2,7 @@ import copy
 import io
 import math
 import pathlib
+import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
@@ -13,6 +14,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution, kl_divergence
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
@@ -63,20 +65,25 @@ def forward_actor_critic(policy: ActorCriticPolicy, obs: PyTorchObs) -> tuple[Di
 def critic_only_parameters(policy: ActorCriticPolicy, observation_space: spaces.Space) -> list[th.nn.Parameter]:
     """
     The trainable parameters that the values depend on and the action distribution does not, found by autograd on
-    one sampled observation. The probe runs in eval mode (no BatchNorm statistics) and leaves the policy's action
-    distribution as it found it (no graph attached to it, so the policy can still be deep-copied).
+    one observation sampled from a copy of the space (the environment's own random stream is not touched). The probe
+    runs in eval mode (no BatchNorm statistics) and leaves the policy's action distribution as it found it (no graph
+    attached to it, so the policy can still be deep-copied).
     """
+    space = copy.deepcopy(observation_space)
+    space.seed(0)
     was_training, dist_state = policy.training, dict(vars(policy.action_dist))
     policy.set_training_mode(False)
-    obs, _ = policy.obs_to_tensor(observation_space.sample())
-    distribution, values = forward_actor_critic(policy, obs)
-    actor_output = distribution.log_prob(distribution.get_actions(deterministic=True)).sum()
-    params = [param for param in policy.parameters() if param.requires_grad]
-    actor = th.autograd.grad(actor_output, params, allow_unused=True, retain_graph=True)
-    critic = th.autograd.grad(values.sum(), params, allow_unused=True)
-    policy.set_training_mode(was_training)
-    vars(policy.action_dist).clear()
-    vars(policy.action_dist).update(dist_state)
+    try:
+        obs, _ = policy.obs_to_tensor(space.sample())
+        distribution, values = forward_actor_critic(policy, obs)
+        actor_output = distribution.log_prob(distribution.get_actions(deterministic=True)).sum()
+        params = [param for param in policy.parameters() if param.requires_grad]
+        actor = th.autograd.grad(actor_output, params, allow_unused=True, retain_graph=True)
+        critic = th.autograd.grad(values.sum(), params, allow_unused=True)
+    finally:
+        policy.set_training_mode(was_training)
+        vars(policy.action_dist).clear()
+        vars(policy.action_dist).update(dist_state)
     return [param for param, a, c in zip(params, actor, critic, strict=True) if a is None and c is not None]
 
 
@@ -260,6 +267,9 @@ class ACKTR(OnPolicyAlgorithm):
                 f"ACKTR needs an ActorCriticPolicy (with mlp_extractor, action_net and value_net), "
                 f"got {type(self.policy).__name__}"
             )
+        self._build_optimizer()
+
+    def _build_optimizer(self) -> None:
         trust_regions = []
         if self.vf_kl_clip is not None:
             critic_params = critic_only_parameters(self.policy, self.observation_space)
@@ -274,11 +284,55 @@ class ACKTR(OnPolicyAlgorithm):
         if self.policy.optimizer.uncovered_parameters and self.verbose >= 1:
             print(f"K-FAC does not model these parameters (plain gradient): {self.policy.optimizer.uncovered_parameters}")
 
+    def set_parameters(
+        self,
+        load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | dict[str, Any],
+        exact_match: bool = True,
+        device: th.device | str = "auto",
+    ) -> None:
+        """
+        Load parameters (see SB3's ``set_parameters``). The saved optimizer state decides the trust-region layout:
+        a model saved with one trust region (``vf_kl_clip=None``, or saved before ``vf_kl_clip`` existed) loads with
+        one, a model saved with a separate critic region loads with it; the bounds themselves are this model's.
+        """
+        if isinstance(load_path_or_dict, dict):
+            params = load_path_or_dict
+        else:
+            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        saved_optimizer: Any = params.get("policy.optimizer")
+        if saved_optimizer is not None:
+            self._match_trust_regions(len(saved_optimizer["param_groups"]), saved_optimizer["param_groups"][-1])
+        super().set_parameters(params, exact_match=exact_match, device=device)
+
+    def _match_trust_regions(self, n_saved_groups: int, last_saved_group: dict[str, Any]) -> None:
+        if n_saved_groups == len(self.kfac.param_groups):
+            return
+        if n_saved_groups == 1:
+            vf_kl_clip = None
+        elif n_saved_groups == 2 and last_saved_group.get("name") == "value":
+            vf_kl_clip = last_saved_group["kl_clip"] if self.vf_kl_clip is None else self.vf_kl_clip
+        else:
+            raise ValueError(f"The saved K-FAC state has {n_saved_groups} trust regions; ACKTR uses one or two")
+        warnings.warn(
+            f"The saved model has {n_saved_groups} trust region(s): loading it with vf_kl_clip={vf_kl_clip} "
+            f"instead of {self.vf_kl_clip}",
+            stacklevel=3,
+        )
+        self.vf_kl_clip = vf_kl_clip
+        self.kfac.remove_hooks()
+        self._build_optimizer()
+
     @property
     def kfac(self) -> KFAC:
         """The policy's K-FAC optimizer."""
         assert isinstance(self.policy.optimizer, KFAC)
         return self.policy.optimizer
+
+    def _update_trust_region_bounds(self) -> None:
+        # A loaded optimizer state carries the bounds it was saved with; this model's own (possibly changed) apply.
+        bounds = [self.kl_clip] if self.vf_kl_clip is None else [self.kl_clip, self.vf_kl_clip]
+        for group, bound in zip(self.kfac.param_groups, bounds, strict=True):
+            group["kl_clip"] = bound
 
     def train(self) -> None:
         """
@@ -286,6 +340,7 @@ class ACKTR(OnPolicyAlgorithm):
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
+        self._update_trust_region_bounds()
         kfac = self.kfac
 
         for rollout_data in self.rollout_buffer.get(batch_size=None):

@@ -76,11 +76,13 @@ def _inner(natural: th.Tensor, grad: th.Tensor) -> float:
 def _split_into_groups(params: Sequence[th.Tensor], trust_regions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One param group for the parameters of no listed trust region, then one per listed trust region."""
     owner: dict[int, str] = {}
-    groups = []
+    groups: list[dict[str, Any]] = []
     for region in trust_regions:
         unknown = set(region) - {"params", "name", "kl_clip"}
         if unknown or "params" not in region or not region.get("name"):
             raise ValueError(f"A trust region needs 'params' and a 'name' (and may set 'kl_clip'), got keys {sorted(region)}")
+        if any(group["name"] == region["name"] for group in groups):
+            raise ValueError(f"Two trust regions are named {region['name']!r}")
         if "kl_clip" in region:
             check_number(f"kl_clip of trust region {region['name']!r}", region["kl_clip"], 0.0, math.inf, low_open=True)
         region_params = list(region["params"])
