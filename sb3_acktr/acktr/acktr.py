@@ -310,7 +310,7 @@ class ACKTR(OnPolicyAlgorithm):
         if n_saved_groups == 1:
             vf_kl_clip = None
         elif n_saved_groups == 2 and last_saved_group.get("name") == "value":
-            vf_kl_clip = last_saved_group["kl_clip"] if self.vf_kl_clip is None else self.vf_kl_clip
+            vf_kl_clip = last_saved_group["kl_clip"]  # this model has one region, so no vf_kl_clip of its own
         else:
             raise ValueError(f"The saved K-FAC state has {n_saved_groups} trust regions; ACKTR uses one or two")
         warnings.warn(

@@ -75,6 +75,7 @@ def _inner(natural: th.Tensor, grad: th.Tensor) -> float:
 
 def _split_into_groups(params: Sequence[th.Tensor], trust_regions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One param group for the parameters of no listed trust region, then one per listed trust region."""
+    trainable = {id(p) for p in params}
     owner: dict[int, str] = {}
     groups: list[dict[str, Any]] = []
     for region in trust_regions:
@@ -87,7 +88,7 @@ def _split_into_groups(params: Sequence[th.Tensor], trust_regions: Sequence[dict
             check_number(f"kl_clip of trust region {region['name']!r}", region["kl_clip"], 0.0, math.inf, low_open=True)
         region_params = list(region["params"])
         for param in region_params:
-            if not any(param is p for p in params):
+            if id(param) not in trainable:
                 raise ValueError(f"Trust region {region['name']!r} lists a parameter that is not a trainable model parameter")
             if id(param) in owner:
                 raise ValueError(f"A parameter is in two trust regions: {owner[id(param)]!r} and {region['name']!r}")
