@@ -71,6 +71,8 @@ def test_unsupported_observation_space(observation_space: spaces.Space) -> None:
         (dict(vf_fisher_coef=-1.0), "vf_fisher_coef"),
         (dict(vf_kl_clip=0.0), "vf_kl_clip"),
         (dict(vf_kl_clip="0.001"), "vf_kl_clip"),
+        (dict(kl_clip=lambda progress: 0.0), "kl_clip"),
+        (dict(vf_kl_clip=lambda progress: "0.001"), "vf_kl_clip"),
         (dict(vf_coef=None), "vf_coef"),
         (dict(learning_rate=-0.1), "learning_rate"),
         (dict(n_steps=1), "at least 2 samples"),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import (
     FakeImageEnv,
@@ -184,6 +185,8 @@ def test_logging_keys_and_kl_flag() -> None:
         "train/value_loss",
         "train/learning_rate",
         "train/kl",
+        "train/kl_clip",
+        "train/vf_kl_clip",
         "kfac/trust_region_scale",
         "kfac/vg_sum",
         "kfac/inverse_age",
@@ -219,6 +222,41 @@ def test_trust_region_bounds_the_kl_of_one_update() -> None:
     values = train_without_dump(model, 128)
     assert values["kfac/trust_region_scale"] < 1.0
     assert kl_clip / 2 / 4 < values["train/kl"] < kl_clip / 2 * 2
+
+
+def test_scheduled_trust_regions_bind_at_their_current_bound() -> None:
+    """Each of four updates clips to the schedules' values at the progress remaining when it trains (3/4 down to 0)."""
+
+    class RecordBounds(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[dict] = []
+
+        def _on_rollout_start(self) -> None:
+            if self.model._n_updates:
+                self.records.append(dict(self.model.logger.name_to_value))
+
+        def _on_step(self) -> bool:
+            return True
+
+    model = ACKTR(
+        "MlpPolicy",
+        make_vec_env("CartPole-v1", n_envs=2, seed=0),
+        n_steps=16,
+        learning_rate=100.0,
+        kl_clip=lambda progress: 0.001 * (1 + 4 * progress),
+        vf_kl_clip=lambda progress: 0.002 * (1 + 4 * progress),
+        seed=0,
+    )
+    model.set_logger(silent_logger())
+    callback = RecordBounds()
+    model.learn(32 * 4, callback=callback, log_interval=10**9)
+    records = [*callback.records, dict(model.logger.name_to_value)]
+    for record, progress in zip(records, (0.75, 0.5, 0.25, 0.0), strict=True):
+        for prefix, bound in (("", 0.001 * (1 + 4 * progress)), ("value/", 0.002 * (1 + 4 * progress))):
+            assert record[f"train/{prefix.replace('value/', 'vf_')}kl_clip"] == pytest.approx(bound)
+            scale, vg_sum = record[f"kfac/{prefix}trust_region_scale"], record[f"kfac/{prefix}vg_sum"]
+            assert scale < 1.0 and 100.0**2 * scale**2 * vg_sum == pytest.approx(bound, rel=1e-6)
 
 
 class MultiDimensionalAction(gym.Env):

@@ -68,14 +68,31 @@ def test_saved_trust_region_layout_wins_on_load(tmp_path: Path, saved_vf_kl_clip
     assert loaded.kfac.n_steps == 3 and not loaded.kfac.counters["skipped_steps"]
 
 
-def test_bounds_given_at_load_apply(tmp_path: Path) -> None:
+def test_hyperparameters_given_at_load_apply(tmp_path: Path) -> None:
+    """The saved optimizer state carries the old bounds, momentum and damping: those given to load win."""
     model = make_model()
     model.learn(16 * 2, log_interval=10**9)
     model.save(tmp_path / "acktr")
-    loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("Pendulum-v1", n_envs=2, seed=0), kl_clip=0.01, vf_kl_clip=0.05)
+    changed = dict(kl_clip=0.01, vf_kl_clip=0.05, momentum=0.5, damping=0.1)
+    loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("Pendulum-v1", n_envs=2, seed=0), **changed)
     loaded.set_logger(Logger(None, []))
     loaded.learn(16 * 2, reset_num_timesteps=False)
-    assert [group["kl_clip"] for group in loaded.kfac.param_groups] == [0.01, 0.05]
+    groups = loaded.kfac.param_groups
+    assert [(group["kl_clip"], group["momentum"], group["damping"]) for group in groups] == [(0.01, 0.5, 0.1), (0.05, 0.5, 0.1)]
+    assert loaded.kfac.diagnostics()["damping"] == 0.1
+
+
+def test_trust_region_schedules_survive_save_and_load(tmp_path: Path) -> None:
+    """Decaying bounds reach 0 on the last update (no step, no error); the finished model loads and trains on."""
+    model = make_model(kl_clip=lambda progress: 0.002 * progress, vf_kl_clip=lambda progress: 0.004 * progress)
+    model.learn(16 * 2 * 4, log_interval=10**9)
+    assert [group["kl_clip"] for group in model.kfac.param_groups] == [0.0, 0.0]
+    model.save(tmp_path / "acktr")
+    loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+    loaded.set_logger(Logger(None, []))
+    loaded.learn(16 * 2 * 4)
+    assert loaded.kl_clip(0.5) == pytest.approx(0.001) and loaded.kfac.n_steps == 8
+    assert not loaded.kfac.counters["skipped_steps"]
 
 
 def test_continue_training_after_load(tmp_path: Path) -> None:

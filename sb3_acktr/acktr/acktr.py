@@ -108,11 +108,14 @@ class ACKTR(OnPolicyAlgorithm):
     :param vf_coef: Value function coefficient for the loss calculation
     :param momentum: Momentum of the SGD step (the step size is ``learning_rate * (1 - momentum)``)
     :param kl_clip: Trust-region bound on ``lr^2 * sum <V, grad>`` (about twice the KL between the policies
-        before and after an update, momentum aside)
+        before and after an update, momentum aside). It can be a function of the current progress remaining (from 1
+        to 0): while the region binds, it sets the step length (the learning rate does not), so decaying it anneals
+        the steps
     :param vf_kl_clip: Trust-region bound of the parameters that only the critic uses (``value_net``, the critic's MLP
         and its own features extractor); ``kl_clip`` bounds the rest. A separate region keeps large value errors from
         taking the whole step away from the actor (the paper's continuous-control code gave the critic its own
         optimizer too). ``None``: one trust region for all parameters, as in the reference implementations for Atari.
+        It can be a function of the current progress remaining (from 1 to 0).
     :param damping: Tikhonov damping of the Kronecker-factored Fisher
     :param stats_decay: Decay of the running averages of the Kronecker factors
     :param vf_fisher_coef: Weight of the critic's term ``(V(s) - y)^2``, ``y ~ N(V(s), 1)``, in the Fisher loss
@@ -162,8 +165,8 @@ class ACKTR(OnPolicyAlgorithm):
         ent_coef: float = 0.01,
         vf_coef: float = 0.5,
         momentum: float = 0.9,
-        kl_clip: float = 0.001,
-        vf_kl_clip: float | None = 0.001,
+        kl_clip: float | Schedule = 0.001,
+        vf_kl_clip: float | Schedule | None = 0.001,
         damping: float = 0.01,
         stats_decay: float = 0.99,
         vf_fisher_coef: float = 1.0,
@@ -233,9 +236,8 @@ class ACKTR(OnPolicyAlgorithm):
         self.async_inverse = async_inverse
         self.log_kl = log_kl
         # Checked before any network is built, so that a bad value costs nothing.
+        self._trust_region_bounds()
         check_hyperparameters(**self._kfac_kwargs())
-        if vf_kl_clip is not None:
-            check_number("vf_kl_clip", vf_kl_clip, 0.0, math.inf, low_open=True)
         if self.env is not None and self.n_envs * self.n_steps < 2:
             raise ValueError(
                 f"ACKTR needs at least 2 samples per update to estimate the Fisher, got n_steps * n_envs = "
@@ -251,7 +253,7 @@ class ACKTR(OnPolicyAlgorithm):
     def _kfac_kwargs(self) -> dict[str, Any]:
         return dict(
             momentum=self.momentum,
-            kl_clip=self.kl_clip,
+            kl_clip=self._trust_region_bounds()[0],
             damping=self.damping,
             stats_decay=self.stats_decay,
             damping_mode=self.damping_mode,
@@ -269,11 +271,26 @@ class ACKTR(OnPolicyAlgorithm):
             )
         self._build_optimizer()
 
+    def _trust_region_bounds(self, progress_remaining: float = 1.0) -> list[float]:
+        """
+        ``kl_clip``, then ``vf_kl_clip`` when the critic has its own region, at ``progress_remaining`` (the optimizer
+        is built with the initial bounds; ``train()`` sets the current ones). A schedule may reach 0 (no step).
+        """
+        bounds = {"kl_clip": self.kl_clip}
+        if self.vf_kl_clip is not None:
+            bounds["vf_kl_clip"] = self.vf_kl_clip
+        values = []
+        for name, bound in bounds.items():
+            value = bound(progress_remaining) if callable(bound) else bound
+            check_number(name, value, 0.0, math.inf, low_open=not callable(bound) or progress_remaining == 1.0)
+            values.append(float(value))
+        return values
+
     def _build_optimizer(self) -> None:
         trust_regions = []
         if self.vf_kl_clip is not None:
             critic_params = critic_only_parameters(self.policy, self.observation_space)
-            trust_regions.append(dict(name="value", params=critic_params, kl_clip=self.vf_kl_clip))
+            trust_regions.append(dict(name="value", params=critic_params, kl_clip=self._trust_region_bounds()[1]))
         self.policy.optimizer = KFAC(
             self.policy,
             lr=self.lr_schedule(1),
@@ -328,11 +345,17 @@ class ACKTR(OnPolicyAlgorithm):
         assert isinstance(self.policy.optimizer, KFAC)
         return self.policy.optimizer
 
-    def _update_trust_region_bounds(self) -> None:
-        # A loaded optimizer state carries the bounds it was saved with; this model's own (possibly changed) apply.
-        bounds = [self.kl_clip] if self.vf_kl_clip is None else [self.kl_clip, self.vf_kl_clip]
+    def _update_optimizer_hyperparameters(self) -> None:
+        """
+        Write this model's trust-region bounds (at the current progress), momentum and damping into the optimizer: a
+        loaded optimizer state carries the values it was saved with, and values given to ``load`` must win.
+        """
+        bounds = self._trust_region_bounds(self._current_progress_remaining)
         for group, bound in zip(self.kfac.param_groups, bounds, strict=True):
-            group["kl_clip"] = bound
+            group.update(kl_clip=bound, momentum=self.momentum, damping=self.damping)
+        self.logger.record("train/kl_clip", bounds[0])
+        if len(bounds) > 1:
+            self.logger.record("train/vf_kl_clip", bounds[1])
 
     def train(self) -> None:
         """
@@ -340,7 +363,7 @@ class ACKTR(OnPolicyAlgorithm):
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        self._update_trust_region_bounds()
+        self._update_optimizer_hyperparameters()
         kfac = self.kfac
 
         for rollout_data in self.rollout_buffer.get(batch_size=None):
