@@ -12,6 +12,7 @@ Every rl-zoo3 option is passed through. ``--algo`` defaults to ``acktr``, and ``
 
 import runpy
 import sys
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -21,6 +22,8 @@ from sb3_acktr.acktr import ACKTR
 from sb3_acktr.common.torch_layers import AcktrCNN
 
 COMMANDS = ("train", "enjoy", "record_video")
+# Hyperparameters that a file may give as ``lin_<initial value>`` besides the zoo's own (learning_rate, clip_range, ...).
+TRUST_REGION_BOUNDS = ("kl_clip", "vf_kl_clip")
 
 
 def default_hyperparameters_file() -> str:
@@ -57,10 +60,34 @@ def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
     return convert_onpolicy_params(sampled)
 
 
+def preprocess_trust_region_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """``kl_clip: lin_0.003`` (or ``vf_kl_clip``) in a hyperparameter file: a linear decay to 0, as ``lin_`` does for
+    the zoo's learning rates."""
+    from rl_zoo3.utils import SimpleLinearSchedule
+
+    for key in TRUST_REGION_BOUNDS:
+        value = hyperparams.get(key)
+        if isinstance(value, str):
+            kind, _, initial = value.partition("_")
+            if kind != "lin":
+                raise ValueError(f"{key} must be a number, null or 'lin_<initial value>', got {value!r}")
+            hyperparams[key] = SimpleLinearSchedule(initial)
+    return hyperparams
+
+
+def _with_trust_region_schedules(preprocess: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+    def preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
+        return preprocess_trust_region_schedules(preprocess(hyperparams))
+
+    preprocess_schedules.zoo_preprocess = preprocess  # type: ignore[attr-defined]
+    return staticmethod(preprocess_schedules)
+
+
 def register() -> None:
     """
     Make ``acktr`` an rl-zoo3 algorithm: its class, Optuna sampler and trial-parameter converter. ``AcktrCNN`` becomes
-    a name that ``policy_kwargs`` strings in hyperparameter files can use (the zoo evaluates them in its own module).
+    a name that ``policy_kwargs`` strings in hyperparameter files can use (the zoo evaluates them in its own module), and
+    ``kl_clip``/``vf_kl_clip`` accept ``lin_`` schedules.
     """
     from rl_zoo3 import ALGOS, exp_manager
     from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER, convert_onpolicy_params
@@ -69,6 +96,9 @@ def register() -> None:
     vars(exp_manager)["AcktrCNN"] = AcktrCNN
     HYPERPARAMS_SAMPLER["acktr"] = sample_acktr_params
     HYPERPARAMS_CONVERTER["acktr"] = convert_onpolicy_params
+    manager = exp_manager.ExperimentManager
+    if not hasattr(manager._preprocess_schedules, "zoo_preprocess"):
+        manager._preprocess_schedules = _with_trust_region_schedules(manager._preprocess_schedules)  # type: ignore[method-assign]
 
 
 def zoo_arguments(command: str, arguments: list[str]) -> list[str]:

@@ -66,6 +66,15 @@ def section_env_id(section: str) -> str:
     return "PongNoFrameskip-v4" if section == "atari" else section
 
 
+def knob_value(value):
+    """A hyperparameter as a file gives it (``lin_X`` for a linear schedule) or as the model holds it."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        return ("lin", float(value[4:]))
+    if callable(value):
+        return ("lin", value(1.0)) if value(0.0) == 0.0 else value
+    return value
+
+
 @pytest.mark.parametrize("section", sorted(REQUIRED_SECTIONS))
 def test_every_section_builds_and_runs_updates(section: str, tmp_path: Path) -> None:
     hyperparams = SECTIONS[section]
@@ -80,9 +89,9 @@ def test_every_section_builds_and_runs_updates(section: str, tmp_path: Path) -> 
     assert model.n_steps == n_steps and model.n_envs == n_envs
     if hyperparams.get("normalize"):
         assert (run / env_id / "vecnormalize.pkl").is_file()
-    for knob in ("damping_mode", "conv_mode", "stats_update_interval", "inverse_update_interval", "kl_clip"):
+    for knob in ("damping_mode", "conv_mode", "stats_update_interval", "inverse_update_interval", "kl_clip", "vf_kl_clip"):
         if knob in hyperparams:
-            assert getattr(model, knob) == hyperparams[knob], knob
+            assert knob_value(getattr(model, knob)) == knob_value(hyperparams[knob]), knob
     if "AcktrCNN" in hyperparams.get("policy_kwargs", ""):
         assert isinstance(model.policy.features_extractor, AcktrCNN)
 
@@ -109,6 +118,18 @@ def test_train_enjoy_continue_and_optimize(tmp_path: Path) -> None:
     )  # fmt: skip
     reports = list((tmp_path / "opt" / "acktr").glob("report_CartPole-v1_2-trials-320-random-none_*.csv"))
     assert reports
+
+
+def test_trust_region_schedules_from_the_command_line(tmp_path: Path) -> None:
+    zoo(
+        "train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path, "--seed", 0, "--eval-freq", -1,
+        "-params", "kl_clip:'lin_0.004'", "vf_kl_clip:'lin_0.002'",
+    )  # fmt: skip
+    model = ACKTR.load(run_directory(tmp_path, "CartPole-v1") / "CartPole-v1.zip")
+    assert model.kl_clip(0.5) == pytest.approx(0.002) and model.vf_kl_clip(0.5) == pytest.approx(0.001)
+    assert [group["kl_clip"] for group in model.kfac.param_groups] == [0.0, 0.0]  # the last update's bounds
+    with pytest.raises(ValueError, match="kl_clip must be a number, null or 'lin_<initial value>'"):
+        zoo("train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path, "--eval-freq", -1, "-params", "kl_clip:'exp_0.1'")
 
 
 def test_console_script_prints_usage() -> None:
