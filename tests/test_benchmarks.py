@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end on tiny budgets (their figures come from full runs, see the README)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import first_reach
+import sample_efficiency
+import train_cost
+
+
+def test_sample_efficiency_runs_resumes_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sample_efficiency, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(sample_efficiency, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sample_efficiency, "DOCS", tmp_path / "docs")
+    tiny = dict(threshold=20, budget=1_600, eval_freq=800, eval_episodes=2)
+    monkeypatch.setitem(sample_efficiency.TASKS, "CartPole-v1", tiny)
+    for algo in ("acktr", "a2c"):
+        assert "s" in sample_efficiency.train("CartPole-v1", algo, 0, None)
+    assert sample_efficiency.train("CartPole-v1", "acktr", 0, None).endswith("already done")
+
+    sample_efficiency.report()
+    table = json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())["table"]
+    assert [(row["algo"], row["seeds"]) for row in table] == [("acktr", 1), ("a2c", 1)]
+    for row in table:
+        assert row["budget"] == 1_600 and row["fps_mean"] > 0
+        assert row["reached"] == 0 or 0 < row["steps_mean"] <= 1_600
+    assert (tmp_path / "results" / "sample_efficiency.csv").read_text().startswith("env,algo,seeds")
+    assert (tmp_path / "docs" / "sample_efficiency_CartPole-v1.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("threshold, expected", [(-math.inf, 800), (math.inf, None)])
+def test_first_reach_stops_at_the_threshold(monkeypatch: pytest.MonkeyPatch, threshold: float, expected) -> None:
+    monkeypatch.setitem(
+        first_reach.TASKS, "CartPole-v1", dict(first_reach.TASKS["CartPole-v1"], threshold=threshold, budget=1_600)
+    )
+    assert first_reach.first_reach("CartPole-v1", "acktr", dict(n_steps=10), seed=0, eval_every=800) == expected
+
+
+def test_train_cost_times_both_algorithms_on_the_same_batch() -> None:
+    result = train_cost.train_ratio(train_cost.CASES["mlp-8x20"], n_updates=2, rounds=1)
+    assert result["a2c_ms"] > 0 and result["acktr_ms"] > 0
+    assert result["ratio"] == pytest.approx(result["acktr_ms"] / result["a2c_ms"])
