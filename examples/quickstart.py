@@ -24,7 +24,7 @@ def main() -> None:
         "MlpPolicy",
         env,
         learning_rate=lambda progress_remaining: 0.25 * progress_remaining,
-        kl_clip=0.003,
+        kl_clip=lambda progress_remaining: 0.003 * progress_remaining,
         vf_kl_clip=None,
         ent_coef=0.0,
         seed=args.seed,
