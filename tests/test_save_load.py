@@ -52,7 +52,11 @@ def test_next_update_after_load_is_bit_identical(tmp_path: Path, kwargs: dict) -
     assert not loaded.kfac.counters["skipped_steps"]
 
 
-@pytest.mark.parametrize("saved_vf_kl_clip, requested, expected", [(None, 0.001, None), (0.002, None, 0.002)])
+@pytest.mark.parametrize(
+    "saved_vf_kl_clip, requested, expected",
+    [(None, 0.001, None), (0.002, None, 0.002), (lambda progress: 0.002 * progress, None, 0.001)],
+    ids=["one-region", "two-regions", "two-regions-schedule-ended"],
+)
 def test_saved_trust_region_layout_wins_on_load(tmp_path: Path, saved_vf_kl_clip, requested, expected) -> None:
     """A model saved with one trust region (e.g. before vf_kl_clip existed) loads with one, and vice versa."""
     model = make_model(vf_kl_clip=saved_vf_kl_clip)

@@ -28,6 +28,8 @@ from sb3_acktr.kfac.optimizer import check_hyperparameters, check_number
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
+DEFAULT_VF_KL_CLIP = 0.001
+
 # Updates skipped in a row for a non-finite gradient before training stops with an explanation.
 MAX_CONSECUTIVE_SKIPPED_UPDATES = 10
 
@@ -166,7 +168,7 @@ class ACKTR(OnPolicyAlgorithm):
         vf_coef: float = 0.5,
         momentum: float = 0.9,
         kl_clip: float | Schedule = 0.001,
-        vf_kl_clip: float | Schedule | None = 0.001,
+        vf_kl_clip: float | Schedule | None = DEFAULT_VF_KL_CLIP,
         damping: float = 0.01,
         stats_decay: float = 0.99,
         vf_fisher_coef: float = 1.0,
@@ -327,7 +329,9 @@ class ACKTR(OnPolicyAlgorithm):
         if n_saved_groups == 1:
             vf_kl_clip = None
         elif n_saved_groups == 2 and last_saved_group.get("name") == "value":
-            vf_kl_clip = last_saved_group["kl_clip"]  # this model has one region, so no vf_kl_clip of its own
+            # This model has one region, so no vf_kl_clip of its own: keep the saved model's last bound (the default
+            # when a schedule had brought it to 0).
+            vf_kl_clip = last_saved_group["kl_clip"] or DEFAULT_VF_KL_CLIP
         else:
             raise ValueError(f"The saved K-FAC state has {n_saved_groups} trust regions; ACKTR uses one or two")
         warnings.warn(
