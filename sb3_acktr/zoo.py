@@ -61,17 +61,22 @@ def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
 
 
 def preprocess_trust_region_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
-    """``kl_clip: lin_0.003`` (or ``vf_kl_clip``) in a hyperparameter file: a linear decay to 0, as ``lin_`` does for
-    the zoo's learning rates."""
+    """
+    ``kl_clip: lin_0.003`` (or ``vf_kl_clip``) in a hyperparameter file: a linear decay to 0, as ``lin_`` gives for
+    the zoo's learning rates.
+    """
     from rl_zoo3.utils import SimpleLinearSchedule
 
     for key in TRUST_REGION_BOUNDS:
         value = hyperparams.get(key)
         if isinstance(value, str):
             kind, _, initial = value.partition("_")
-            if kind != "lin":
-                raise ValueError(f"{key} must be a number, null or 'lin_<initial value>', got {value!r}")
-            hyperparams[key] = SimpleLinearSchedule(initial)
+            try:
+                if kind != "lin":
+                    raise ValueError(kind)
+                hyperparams[key] = SimpleLinearSchedule(float(initial))
+            except ValueError as error:
+                raise ValueError(f"{key} must be a number, null or 'lin_<initial value>', got {value!r}") from error
     return hyperparams
 
 

@@ -130,6 +130,8 @@ def test_trust_region_schedules_from_the_command_line(tmp_path: Path) -> None:
     assert [group["kl_clip"] for group in model.kfac.param_groups] == [0.0, 0.0]  # the last update's bounds
     with pytest.raises(ValueError, match="kl_clip must be a number, null or 'lin_<initial value>'"):
         zoo("train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path, "--eval-freq", -1, "-params", "kl_clip:'exp_0.1'")
+    with pytest.raises(ValueError, match="vf_kl_clip must be a number, null or 'lin_<initial value>'"):
+        zoo("train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path, "--eval-freq", -1, "-params", "vf_kl_clip:'lin_x'")
 
 
 def test_console_script_prints_usage() -> None:

@@ -284,7 +284,8 @@ class ACKTR(OnPolicyAlgorithm):
         values = []
         for name, bound in bounds.items():
             value = bound(progress_remaining) if callable(bound) else bound
-            check_number(name, value, 0.0, math.inf, low_open=not callable(bound) or progress_remaining == 1.0)
+            may_be_zero = callable(bound) and progress_remaining < 1.0  # a decayed schedule, not a starting bound
+            check_number(name, value, 0.0, math.inf, low_open=not may_be_zero)
             values.append(float(value))
         return values
 
