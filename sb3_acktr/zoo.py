@@ -34,10 +34,9 @@ def default_hyperparameters_file() -> str:
 def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
     Optuna sampler for ACKTR: the A2C search space of rl-zoo3 with ACKTR's learning rates, plus the K-FAC knobs
-    (trust regions, damping, momentum, statistics decay, damping mode and inverse refresh interval).
+    (trust regions and whether ``kl_clip`` decays linearly, damping, momentum, statistics decay, damping mode and
+    inverse refresh interval).
     """
-    from rl_zoo3.hyperparams_opt import convert_onpolicy_params
-
     one_minus_gamma = trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True)
     sampled = {
         "n_steps": trial.suggest_categorical("n_steps", [5, 10, 20, 32, 64, 128, 256]),
@@ -47,6 +46,7 @@ def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
         "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.1, log=True),
         "vf_coef": trial.suggest_float("vf_coef", 0.1, 1.0),
         "kl_clip": trial.suggest_float("kl_clip", 1e-4, 1e-2, log=True),
+        "kl_clip_schedule": trial.suggest_categorical("kl_clip_schedule", ["constant", "linear"]),
         "vf_kl_clip": trial.suggest_categorical("vf_kl_clip", [None, 3e-4, 1e-3, 3e-3]),
         "damping": trial.suggest_float("damping", 1e-4, 1e-1, log=True),
         "momentum": trial.suggest_categorical("momentum", [0.0, 0.5, 0.9]),
@@ -57,7 +57,18 @@ def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
         "activation_fn": trial.suggest_categorical("activation_fn", ["tanh", "relu"]),
     }
     trial.set_user_attr("gamma", 1 - one_minus_gamma)
-    return convert_onpolicy_params(sampled)
+    return convert_acktr_params(sampled)
+
+
+def convert_acktr_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled (or a stored trial's) parameters as ACKTR arguments: rl-zoo3's on-policy conversion, then the schedule."""
+    from rl_zoo3.hyperparams_opt import convert_onpolicy_params
+    from rl_zoo3.utils import SimpleLinearSchedule
+
+    hyperparams = convert_onpolicy_params(sampled_params)
+    if hyperparams.pop("kl_clip_schedule", "constant") == "linear":
+        hyperparams["kl_clip"] = SimpleLinearSchedule(hyperparams["kl_clip"])
+    return hyperparams
 
 
 def preprocess_trust_region_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
@@ -95,12 +106,12 @@ def register() -> None:
     ``kl_clip``/``vf_kl_clip`` accept ``lin_`` schedules.
     """
     from rl_zoo3 import ALGOS, exp_manager
-    from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER, convert_onpolicy_params
+    from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 
     ALGOS["acktr"] = ACKTR
     vars(exp_manager)["AcktrCNN"] = AcktrCNN
     HYPERPARAMS_SAMPLER["acktr"] = sample_acktr_params
-    HYPERPARAMS_CONVERTER["acktr"] = convert_onpolicy_params
+    HYPERPARAMS_CONVERTER["acktr"] = convert_acktr_params
     manager = exp_manager.ExperimentManager
     if not hasattr(manager._preprocess_schedules, "zoo_preprocess"):
         manager._preprocess_schedules = _with_trust_region_schedules(manager._preprocess_schedules)  # type: ignore[method-assign]

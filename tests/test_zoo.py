@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.zoo import default_hyperparameters_file, main, zoo_arguments
+from sb3_acktr.zoo import default_hyperparameters_file, main, sample_acktr_params, zoo_arguments
 
 pytest.importorskip("rl_zoo3", reason="the zoo extra is not installed")
 
@@ -132,6 +132,21 @@ def test_trust_region_schedules_from_the_command_line(tmp_path: Path) -> None:
         zoo("train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path, "--eval-freq", -1, "-params", "kl_clip:'exp_0.1'")
     with pytest.raises(ValueError, match="vf_kl_clip must be a number, null or 'lin_<initial value>'"):
         zoo("train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path, "--eval-freq", -1, "-params", "vf_kl_clip:'lin_x'")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_sampled_parameters_build_a_model(schedule: str) -> None:
+    """The Optuna sampler's output, for a fixed trial, is a set of valid ACKTR arguments (kl_clip decaying if sampled)."""
+    optuna = pytest.importorskip("optuna")
+    fixed = dict(
+        n_steps=5, one_minus_gamma=0.01, one_minus_gae_lambda=0.05, learning_rate=0.2, ent_coef=1e-4, vf_coef=0.5,
+        kl_clip=0.002, kl_clip_schedule=schedule, vf_kl_clip=None, damping=0.01, momentum=0.9, stats_decay=0.95,
+        damping_mode="factored", inverse_update_interval=10, net_arch="tiny", activation_fn="relu",
+    )  # fmt: skip
+    hyperparams = sample_acktr_params(optuna.trial.FixedTrial(fixed), n_actions=2, n_envs=1, additional_args={})
+    model = ACKTR("MlpPolicy", "CartPole-v1", **hyperparams)
+    assert model.gamma == pytest.approx(0.99) and model.policy.net_arch == dict(pi=[64], vf=[64])
+    assert knob_value(model.kl_clip) == (("lin", 0.002) if schedule == "linear" else 0.002)
 
 
 def test_console_script_prints_usage() -> None:
