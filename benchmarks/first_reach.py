@@ -28,8 +28,8 @@ from sb3_acktr import ACKTR
 
 # The environment settings of each task; threshold and budget are the sample-efficiency benchmark's.
 TASKS = {
-    "CartPole-v1": dict(CURVE_TASKS["CartPole-v1"], n_envs=8, normalize=False),
-    "Acrobot-v1": dict(CURVE_TASKS["Acrobot-v1"], n_envs=16, normalize=True),
+    env_id: dict(threshold=CURVE_TASKS[env_id]["threshold"], budget=CURVE_TASKS[env_id]["budget"], **settings)
+    for env_id, settings in (("CartPole-v1", dict(n_envs=8, normalize=False)), ("Acrobot-v1", dict(n_envs=16, normalize=True)))
 }
 
 

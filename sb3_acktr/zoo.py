@@ -92,6 +92,8 @@ def preprocess_trust_region_schedules(hyperparams: dict[str, Any]) -> dict[str, 
 
 
 def _with_trust_region_schedules(preprocess: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+    """The zoo's schedule preprocessing followed by ours (the zoo's function is kept as ``zoo_preprocess``)."""
+
     def preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
         return preprocess_trust_region_schedules(preprocess(hyperparams))
 

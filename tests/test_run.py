@@ -259,6 +259,23 @@ def test_scheduled_trust_regions_bind_at_their_current_bound() -> None:
             assert scale < 1.0 and 100.0**2 * scale**2 * vg_sum == pytest.approx(bound, rel=1e-6)
 
 
+def test_schedules_end_at_zero_when_the_last_rollout_overshoots_the_budget() -> None:
+    """7 timesteps in rollouts of 5: the last update trains at progress 0, not -3/7 (negative bounds or learning rates)."""
+    model = ACKTR(
+        "MlpPolicy",
+        "CartPole-v1",
+        n_steps=5,
+        learning_rate=lambda progress: 0.25 * progress,
+        kl_clip=lambda progress: 0.003 * progress,
+        vf_kl_clip=lambda progress: np.float32(0.002 * progress),  # NumPy numbers are numbers too
+        seed=0,
+    )
+    values = train_without_dump(model, 7)
+    assert model.num_timesteps == 10 and model.kfac.n_steps == 2
+    assert [(group["lr"], group["kl_clip"]) for group in model.kfac.param_groups] == [(0.0, 0.0), (0.0, 0.0)]
+    assert values["train/kl_clip"] == values["train/vf_kl_clip"] == 0.0
+
+
 class MultiDimensionalAction(gym.Env):
     """Random observations, a 3-dimensional continuous action, reward -|action|^2."""
 

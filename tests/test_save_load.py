@@ -87,7 +87,7 @@ def test_hyperparameters_given_at_load_apply(tmp_path: Path) -> None:
 
 
 def test_trust_region_schedules_survive_save_and_load(tmp_path: Path) -> None:
-    """Decaying bounds reach 0 on the last update (no step, no error); the finished model loads and trains on."""
+    """Decaying bounds reach 0 on the last update (no error); the finished model loads and trains on."""
     model = make_model(kl_clip=lambda progress: 0.002 * progress, vf_kl_clip=lambda progress: 0.004 * progress)
     model.learn(16 * 2 * 4, log_interval=10**9)
     assert [group["kl_clip"] for group in model.kfac.param_groups] == [0.0, 0.0]

@@ -237,8 +237,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.inverse_update_interval = inverse_update_interval
         self.async_inverse = async_inverse
         self.log_kl = log_kl
-        # Checked before any network is built, so that a bad value costs nothing.
-        self._trust_region_bounds()
+        # Checked before any network is built, so that a bad value costs nothing (the bounds: by _kfac_kwargs).
         check_hyperparameters(**self._kfac_kwargs())
         if self.env is not None and self.n_envs * self.n_steps < 2:
             raise ValueError(
@@ -275,8 +274,12 @@ class ACKTR(OnPolicyAlgorithm):
 
     def _trust_region_bounds(self, progress_remaining: float = 1.0) -> list[float]:
         """
-        ``kl_clip``, then ``vf_kl_clip`` when the critic has its own region, at ``progress_remaining`` (the optimizer
-        is built with the initial bounds; ``train()`` sets the current ones). A schedule may reach 0 (no step).
+        The trust-region bounds, checked: the optimizer is built with the initial ones, ``train()`` sets the current
+        ones. A schedule may reach 0 once training has started (the update then adds no new direction; momentum still
+        carries the previous ones).
+
+        :param progress_remaining: Progress remaining, from 1 (start) to 0 (end)
+        :return: ``kl_clip``, then ``vf_kl_clip`` when the critic has its own region
         """
         bounds = {"kl_clip": self.kl_clip}
         if self.vf_kl_clip is not None:
@@ -293,7 +296,7 @@ class ACKTR(OnPolicyAlgorithm):
         trust_regions = []
         if self.vf_kl_clip is not None:
             critic_params = critic_only_parameters(self.policy, self.observation_space)
-            trust_regions.append(dict(name="value", params=critic_params, kl_clip=self._trust_region_bounds()[1]))
+            trust_regions.append(dict(name="value", params=critic_params, kl_clip=self._trust_region_bounds()[-1]))
         self.policy.optimizer = KFAC(
             self.policy,
             lr=self.lr_schedule(1),
@@ -350,10 +353,17 @@ class ACKTR(OnPolicyAlgorithm):
         assert isinstance(self.policy.optimizer, KFAC)
         return self.policy.optimizer
 
+    def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
+        # The last rollout may overshoot the budget: schedules are not defined past the end (a linear learning rate
+        # or bound would turn negative).
+        super()._update_current_progress_remaining(num_timesteps, total_timesteps)
+        self._current_progress_remaining = max(self._current_progress_remaining, 0.0)
+
     def _update_optimizer_hyperparameters(self) -> None:
         """
-        Write this model's trust-region bounds (at the current progress), momentum and damping into the optimizer: a
-        loaded optimizer state carries the values it was saved with, and values given to ``load`` must win.
+        Write this model's trust-region bounds (at the current progress), momentum and damping into the optimizer's
+        param groups, as SB3 does for the learning rate: a loaded optimizer state carries the values it was saved with,
+        and values given to ``load`` must win (a new damping from the next inverse refresh).
         """
         bounds = self._trust_region_bounds(self._current_progress_remaining)
         for group, bound in zip(self.kfac.param_groups, bounds, strict=True):

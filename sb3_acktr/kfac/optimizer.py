@@ -14,6 +14,7 @@ Usage, once per update::
 """
 
 import math
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,9 +32,13 @@ COUNTER_NAMES = ("skipped_steps", "nonfinite_statistics", "float64_retries", "in
 
 
 def check_number(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
-    """Raise a ``TypeError`` or ``ValueError`` naming ``name`` unless ``value`` is a finite number within the bounds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """
+    Raise a ``TypeError`` or ``ValueError`` naming ``name`` unless ``value`` is a finite real number (Python or NumPy)
+    within the bounds.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    value = float(value)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if not math.isfinite(value) or too_low or too_high:
