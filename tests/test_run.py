@@ -253,9 +253,11 @@ def test_scheduled_trust_regions_bind_at_their_current_bound() -> None:
     model.learn(32 * 4, callback=callback, log_interval=10**9)
     records = [*callback.records, dict(model.logger.name_to_value)]
     for record, progress in zip(records, (0.75, 0.5, 0.25, 0.0), strict=True):
-        for prefix, bound in (("", 0.001 * (1 + 4 * progress)), ("value/", 0.002 * (1 + 4 * progress))):
-            assert record[f"train/{prefix.replace('value/', 'vf_')}kl_clip"] == pytest.approx(bound)
-            scale, vg_sum = record[f"kfac/{prefix}trust_region_scale"], record[f"kfac/{prefix}vg_sum"]
+        regions = (("train/kl_clip", "kfac/", 0.001), ("train/vf_kl_clip", "kfac/value/", 0.002))
+        for bound_key, kfac_prefix, initial in regions:
+            bound = initial * (1 + 4 * progress)
+            assert record[bound_key] == pytest.approx(bound)
+            scale, vg_sum = record[f"{kfac_prefix}trust_region_scale"], record[f"{kfac_prefix}vg_sum"]
             assert scale < 1.0 and 100.0**2 * scale**2 * vg_sum == pytest.approx(bound, rel=1e-6)
 
 

@@ -237,8 +237,8 @@ class ACKTR(OnPolicyAlgorithm):
         self.inverse_update_interval = inverse_update_interval
         self.async_inverse = async_inverse
         self.log_kl = log_kl
-        # Checked before any network is built, so that a bad value costs nothing (the bounds: by _kfac_kwargs).
-        check_hyperparameters(**self._kfac_kwargs())
+        # Checked before any network is built, so that a bad value costs nothing (both bounds: by _trust_region_bounds).
+        check_hyperparameters(kl_clip=self._trust_region_bounds()[0], **self._kfac_kwargs())
         if self.env is not None and self.n_envs * self.n_steps < 2:
             raise ValueError(
                 f"ACKTR needs at least 2 samples per update to estimate the Fisher, got n_steps * n_envs = "
@@ -252,9 +252,9 @@ class ACKTR(OnPolicyAlgorithm):
             self._setup_model()
 
     def _kfac_kwargs(self) -> dict[str, Any]:
+        """The K-FAC hyperparameters other than the trust-region bounds (see ``_trust_region_bounds``)."""
         return dict(
             momentum=self.momentum,
-            kl_clip=self._trust_region_bounds()[0],
             damping=self.damping,
             stats_decay=self.stats_decay,
             damping_mode=self.damping_mode,
@@ -293,13 +293,15 @@ class ACKTR(OnPolicyAlgorithm):
         return values
 
     def _build_optimizer(self) -> None:
+        kl_clip, *vf_kl_clip = self._trust_region_bounds()
         trust_regions = []
-        if self.vf_kl_clip is not None:
+        if vf_kl_clip:
             critic_params = critic_only_parameters(self.policy, self.observation_space)
-            trust_regions.append(dict(name="value", params=critic_params, kl_clip=self._trust_region_bounds()[-1]))
+            trust_regions.append(dict(name="value", params=critic_params, kl_clip=vf_kl_clip[0]))
         self.policy.optimizer = KFAC(
             self.policy,
             lr=self.lr_schedule(1),
+            kl_clip=kl_clip,
             async_inverse=self.async_inverse,
             trust_regions=trust_regions,
             **self._kfac_kwargs(),
