@@ -82,6 +82,25 @@ def test_trust_region_scale_is_one_when_satisfied_and_binds_otherwise() -> None:
         assert float(-(step * grads).sum()) / (lr * scale) == pytest.approx(vg_sum, rel=1e-4)
 
 
+def test_natural_gradient_inner_is_the_next_steps_vg_sum_and_leaves_grads_alone() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model, lr=0.25, inverse_update_interval=100)
+    inputs, targets = batch()
+    full_update(model, optimizer, inputs, targets)  # the first step computes the inverses the next ones reuse
+    loss = fisher_and_loss(model, optimizer, inputs, targets)
+    optimizer.zero_grad()
+    (2 * loss).backward(retain_graph=True)
+    grads_before = [p.grad.clone() for p in model.parameters()]
+
+    inner = optimizer.natural_gradient_inner(loss)
+
+    assert all(th.equal(p.grad, g) for p, g in zip(model.parameters(), grads_before, strict=True))
+    optimizer.zero_grad()
+    loss.backward()  # the graph was kept
+    optimizer.step()
+    assert inner > 0 and inner == pytest.approx(optimizer.diagnostics()["vg_sum"], rel=1e-9)
+
+
 class TwoHeads(nn.Module):
     """Two heads, one on a trunk and one on the inputs: the second's parameters can get a trust region of their own."""
 

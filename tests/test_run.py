@@ -1,6 +1,7 @@
 """ACKTR runs on every SB3 action space, policy layout and observation type."""
 
 import copy
+import math
 
 import gymnasium as gym
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import CategoricalDistribution
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import (
     FakeImageEnv,
@@ -22,6 +24,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_acktr import ACKTR, AcktrCNN
+from sb3_acktr.acktr.acktr import fisher_loss
+from sb3_acktr.kfac import KFAC
 
 
 def parameters_finite(model: ACKTR) -> bool:
@@ -222,6 +226,49 @@ def test_trust_region_bounds_the_kl_of_one_update() -> None:
     values = train_without_dump(model, 128)
     assert values["kfac/trust_region_scale"] < 1.0
     assert kl_clip / 2 / 4 < values["train/kl"] < kl_clip / 2 * 2
+
+
+def test_trust_region_split_without_a_critic_loss_is_the_whole_step() -> None:
+    """vf_coef 0: the critic's part is 0 and the actor's is the step's sum <V, grad> (same inverses after the first)."""
+    model = ACKTR(
+        "MlpPolicy", "CartPole-v1", n_steps=16, vf_coef=0.0, vf_kl_clip=None, inverse_update_interval=100,
+        log_trust_region_split=True, seed=0,
+    )  # fmt: skip
+    values = train_without_dump(model, 16 * 3)
+    assert values["train/critic_vg"] == 0.0 and values["train/critic_vg_exact_bound"] == 0.0
+    assert values["train/actor_vg"] > 0
+    assert values["train/actor_vg"] == pytest.approx(values["kfac/vg_sum"], rel=1e-9)
+
+
+def test_trust_region_split_logs_both_parts_with_two_regions() -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=16, log_trust_region_split=True, seed=0)
+    values = train_without_dump(model, 16 * 3)
+    assert values["train/actor_vg"] > 0 and values["train/critic_vg"] > 0
+    # The critic's own region holds only critic parameters: its sum <V, grad> is the critic's part.
+    assert values["train/critic_vg"] == pytest.approx(values["kfac/value/vg_sum"], rel=1e-6)
+    assert 0 < values["train/critic_vg_exact_bound"] < math.inf
+
+
+def test_critic_vg_meets_its_exact_bound_for_a_linear_critic() -> None:
+    """
+    A linear critic is one exactly modelled K-FAC block: with the Fisher of the batch and a residual that is linear in
+    the features, the critic's sum <V, grad> equals (vf_coef / vf_fisher_coef)^2 * mean squared error.
+    """
+    th.manual_seed(0)
+    vf_coef, vf_fisher_coef, n = 0.5, 2.0, 4096
+    critic = th.nn.Linear(5, 1)
+    kfac = KFAC(critic, damping=1e-9, stats_decay=0.0)
+    features = th.randn(n, 5)
+    no_actor = CategoricalDistribution(2).proba_distribution(th.zeros(n, 2))
+    with kfac.capture_statistics():
+        values = critic(features).flatten()
+    kfac.update_statistics(fisher_loss(no_actor, values, vf_fisher_coef))
+    kfac.step()  # computes the inverses (no gradient yet: nothing moves)
+    returns = values.detach() + features @ th.randn(5) + 0.3
+    value_loss = th.nn.functional.mse_loss(returns, values)
+    bound = (vf_coef / vf_fisher_coef) ** 2 * value_loss.item()
+    # The sampled Fisher of 4096 samples is within a few per cent of the exact one.
+    assert kfac.natural_gradient_inner(vf_coef * value_loss) == pytest.approx(bound, rel=0.1)
 
 
 def test_scheduled_trust_regions_bind_at_their_current_bound() -> None:

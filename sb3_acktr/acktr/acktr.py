@@ -129,6 +129,12 @@ class ACKTR(OnPolicyAlgorithm):
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
     :param log_kl: Log the KL divergence between the policies before and after each update (one more forward pass)
+    :param log_trust_region_split: Log ``sum <V, grad>`` (the quantity the trust region bounds) of the policy loss with
+        its entropy term alone (``train/actor_vg``) and of the value loss alone (``train/critic_vg``), with the inverses
+        of the previous update (two more backward passes), and ``train/critic_vg_exact_bound``
+        ``= (vf_coef / vf_fisher_coef)^2 * value_loss``, the most that ``critic_vg`` could be with the exact Fisher of
+        the batch over the layers K-FAC covers: a ``critic_vg`` far above it means the Kronecker-factored curvature
+        underestimates the critic's, and a critic that takes the trust region from the policy
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
         instead of action noise exploration (default: False)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
@@ -178,6 +184,7 @@ class ACKTR(OnPolicyAlgorithm):
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
         log_kl: bool = False,
+        log_trust_region_split: bool = False,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
         rollout_buffer_class: type[RolloutBuffer] | None = None,
@@ -237,6 +244,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.inverse_update_interval = inverse_update_interval
         self.async_inverse = async_inverse
         self.log_kl = log_kl
+        self.log_trust_region_split = log_trust_region_split
         # Checked before any network is built, so that a bad value costs nothing (both bounds: by _trust_region_bounds).
         check_hyperparameters(kl_clip=self._trust_region_bounds()[0], **self._kfac_kwargs())
         if self.env is not None and self.n_envs * self.n_steps < 2:
@@ -404,6 +412,8 @@ class ACKTR(OnPolicyAlgorithm):
             value_loss = F.mse_loss(rollout_data.returns, values)
             entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
             loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+            if self.log_trust_region_split:
+                self._log_trust_region_split(policy_loss + self.ent_coef * entropy_loss, value_loss)
 
             kfac.zero_grad()
             loss.backward()
@@ -433,6 +443,13 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         for key, value in kfac.diagnostics(per_layer=self.verbose >= 2).items():
             self.logger.record(f"kfac/{key}", value)
+
+    def _log_trust_region_split(self, actor_loss: th.Tensor, value_loss: th.Tensor) -> None:
+        kfac = self.kfac
+        self.logger.record("train/actor_vg", kfac.natural_gradient_inner(actor_loss))
+        self.logger.record("train/critic_vg", kfac.natural_gradient_inner(self.vf_coef * value_loss))
+        bound = (self.vf_coef / self.vf_fisher_coef) ** 2 * value_loss.item() if self.vf_fisher_coef > 0 else math.inf
+        self.logger.record("train/critic_vg_exact_bound", bound)
 
     def _check_progress(self, kfac: KFAC) -> None:
         """Stop with an explanation when updates keep being skipped for non-finite gradients."""

@@ -358,6 +358,23 @@ class KFAC(th.optim.Optimizer):
                     directions[param] = (param.grad, param.grad)
         return directions
 
+    def natural_gradient_inner(self, loss: th.Tensor) -> float:
+        """
+        ``sum <V, grad>`` over all parameters for the gradient of ``loss`` alone: the quantity that the trust region
+        bounds, for one term of a loss (the policy's or the critic's, say). It uses the inverses of the last step (raw
+        gradients where a layer has none yet), keeps the graph and leaves every ``.grad`` as it was.
+        """
+        params = [param for group in self.param_groups for param in group["params"]]
+        saved_grads = [param.grad for param in params]
+        grads = th.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        try:
+            for param, grad in zip(params, grads, strict=True):
+                param.grad = grad
+            return sum((_inner(natural, grad) for natural, grad in self._natural_gradients().values()), 0.0)
+        finally:
+            for param, grad in zip(params, saved_grads, strict=True):
+                param.grad = grad
+
     @th.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
         """
