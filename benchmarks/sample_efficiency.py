@@ -33,13 +33,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
 DOCS = ROOT / "docs"
 
-# Threshold, budget (timesteps, the same for every algorithm), evaluation every ... timesteps, episodes per evaluation.
+# Threshold, budget (timesteps, the same for every algorithm), evaluation every ... timesteps, episodes per evaluation;
+# on Atari the Monitor sits below the zoo's AtariWrapper and counts emulator frames, frame_skip of them per timestep.
 TASKS: dict[str, dict[str, float]] = {
     "CartPole-v1": dict(threshold=475, budget=100_000, eval_freq=2_500, eval_episodes=10),
     "Acrobot-v1": dict(threshold=-100, budget=150_000, eval_freq=2_500, eval_episodes=10),
     "LunarLander-v3": dict(threshold=200, budget=1_000_000, eval_freq=25_000, eval_episodes=10),
-    "PongNoFrameskip-v4": dict(threshold=18, budget=3_000_000, eval_freq=100_000, eval_episodes=5),
-    "BreakoutNoFrameskip-v4": dict(threshold=10, budget=1_000_000, eval_freq=50_000, eval_episodes=5),
+    "PongNoFrameskip-v4": dict(threshold=18, budget=3_000_000, eval_freq=100_000, eval_episodes=5, frame_skip=4),
+    "BreakoutNoFrameskip-v4": dict(threshold=10, budget=1_000_000, eval_freq=50_000, eval_episodes=5, frame_skip=4),
     "HalfCheetah-v5": dict(threshold=1450, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
     "Hopper-v5": dict(threshold=2428, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
 }
@@ -98,13 +99,17 @@ def zoo_run_folder(directory: Path, algo: str, env_id: str) -> Path:
     return folders[-1]
 
 
-def wall_clock_at(folder: Path, timesteps: np.ndarray) -> np.ndarray:
-    """Seconds since the start of training at which the run had taken ``timesteps`` steps (from env 0's Monitor)."""
+def wall_clock_at(folder: Path, timesteps: np.ndarray, frame_skip: int = 1) -> np.ndarray:
+    """
+    Seconds since the start of training at which the run had taken ``timesteps`` steps (from env 0's Monitor, whose
+    episode lengths count ``frame_skip`` emulator frames per timestep on Atari; the no-op and fire frames of a reset
+    are counted too, a few dozen per game).
+    """
     monitor_files = sorted(folder.glob("*.monitor.csv"))
     first = next(path for path in monitor_files if path.name.split(".")[0] in ("0", "monitor"))
     rows = np.genfromtxt(first, delimiter=",", skip_header=2, ndmin=2)  # columns: r, l, t
     n_envs = max(len(monitor_files), 1)
-    steps = np.cumsum(rows[:, 1]) * n_envs
+    steps = np.cumsum(rows[:, 1]) * n_envs / frame_skip
     return np.interp(timesteps, steps, rows[:, 2])
 
 
@@ -124,7 +129,7 @@ def load_run(env_id: str, algo: str, seed: int) -> dict | None:
     timesteps, returns = evaluations["timesteps"], evaluations["results"].mean(axis=1)
     threshold = TASKS[env_id]["threshold"]
     reached = np.flatnonzero(returns >= threshold)
-    seconds = wall_clock_at(folder, timesteps)
+    seconds = wall_clock_at(folder, timesteps, int(TASKS[env_id].get("frame_skip", 1)))
     done = json.loads((directory / "done.json").read_text())
     return dict(
         timesteps=timesteps.tolist(),

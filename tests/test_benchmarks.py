@@ -5,6 +5,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -46,3 +47,12 @@ def test_train_cost_times_both_algorithms_on_the_same_batch() -> None:
     result = train_cost.train_ratio(train_cost.CASES["mlp-8x20"], n_updates=2, rounds=1)
     assert result["a2c_ms"] > 0 and result["acktr_ms"] > 0
     assert result["ratio"] == pytest.approx(result["acktr_ms"] / result["a2c_ms"])
+
+
+def test_wall_clock_counts_atari_frames_as_timesteps(tmp_path: Path) -> None:
+    """Two envs; env 0's Monitor logs episodes of 400 frames, ending at 10 s and 20 s."""
+    for env_index in (0, 1):
+        (tmp_path / f"{env_index}.monitor.csv").write_text('#{"t_start": 0}\nr,l,t\n1.0,400,10.0\n2.0,400,20.0\n')
+    # 2 envs x 400 frames = 800 timesteps per episode end, or 200 with 4 frames per timestep.
+    assert sample_efficiency.wall_clock_at(tmp_path, np.array([800, 1200, 1600])).tolist() == [10.0, 15.0, 20.0]
+    assert sample_efficiency.wall_clock_at(tmp_path, np.array([200, 300, 400]), frame_skip=4).tolist() == [10.0, 15.0, 20.0]
