@@ -130,11 +130,12 @@ class ACKTR(OnPolicyAlgorithm):
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
     :param log_kl: Log the KL divergence between the policies before and after each update (one more forward pass)
     :param log_trust_region_split: Log ``sum <V, grad>`` (the quantity the trust region bounds) of the policy loss with
-        its entropy term alone (``train/actor_vg``) and of the value loss alone (``train/critic_vg``), with the inverses
-        of the previous update (two more backward passes), and ``train/critic_vg_exact_bound``
-        ``= (vf_coef / vf_fisher_coef)^2 * value_loss``, the most that ``critic_vg`` could be with the exact Fisher of
-        the batch over the layers K-FAC covers: a ``critic_vg`` far above it means the Kronecker-factored curvature
-        underestimates the critic's, and a critic that takes the trust region from the policy
+        its entropy term alone (``train/actor_vg``) and of the weighted value loss alone (``train/critic_vg``), with the
+        inverses of the previous update (two more backward passes and preconditionings), and
+        ``train/critic_vg_exact_bound = (vf_coef / vf_fisher_coef)^2 * value_loss``, the most that ``critic_vg`` could
+        be with the exact Fisher of the batch over the layers K-FAC covers: a ``critic_vg`` far above it means that the
+        Kronecker-factored curvature underestimates the critic's (and the critic may take the trust region from the
+        policy)
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
         instead of action noise exploration (default: False)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
