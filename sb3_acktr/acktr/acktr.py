@@ -412,9 +412,10 @@ class ACKTR(OnPolicyAlgorithm):
             policy_loss = -(advantages * log_prob).mean()
             value_loss = F.mse_loss(rollout_data.returns, values)
             entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
-            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+            actor_loss = policy_loss + self.ent_coef * entropy_loss
+            loss = actor_loss + self.vf_coef * value_loss
             if self.log_trust_region_split:
-                self._log_trust_region_split(policy_loss + self.ent_coef * entropy_loss, value_loss)
+                self._log_trust_region_split(actor_loss, value_loss)
 
             kfac.zero_grad()
             loss.backward()
