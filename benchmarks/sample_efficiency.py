@@ -7,13 +7,16 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
 
 ``run`` trains every (algorithm, seed) with ``python -m sb3_acktr.zoo train`` in a subprocess, in parallel
 (``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S``. The zoo's EvalCallback writes
-``evaluations.npz`` (deterministic evaluation return against timesteps) and the Monitor files give wall-clock time
-(the vectorised environments step in lockstep, so env 0's step count times n_envs is the run's timestep count).
+``evaluations.npz`` (evaluation return against timesteps; deterministic, except on Atari where rl-zoo3 samples the
+actions) and the Monitor files give wall-clock time (the vectorised environments step in lockstep, so env 0's step
+count times n_envs is the run's timestep count).
 ``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each
 task, timesteps and seconds until the evaluation return first reaches the threshold (mean and standard deviation over
 the seeds that reached it, and how many did), the mean evaluation return over the whole run (area under the curve:
-it also rewards staying above the threshold), and the mean return of the last 100 training episodes (from the Monitor
-files: stochastic actions, full games; on Atari the deterministic evaluation policy often stalls).
+it also rewards staying above the threshold), the mean return of the last 100 training episodes (from the Monitor
+files: stochastic actions, full games, many more episodes than the evaluations) and the timesteps at which that running
+mean first reached A2C's final one (averaged over A2C's seeds): a ratio of sample efficiency where the threshold is out
+of reach within the budget.
 """
 
 import argparse
@@ -99,25 +102,49 @@ def zoo_run_folder(directory: Path, algo: str, env_id: str) -> Path:
     return folders[-1]
 
 
-def wall_clock_at(folder: Path, timesteps: np.ndarray, frame_skip: int = 1) -> np.ndarray:
+def _env0_clock(folder: Path, frame_skip: int) -> tuple[np.ndarray, np.ndarray]:
     """
-    Seconds since the start of training at which the run had taken ``timesteps`` steps (from env 0's Monitor, whose
-    episode lengths count ``frame_skip`` emulator frames per timestep on Atari; the no-op and fire frames of a reset
-    are counted too, a few dozen per game).
+    Timesteps taken and seconds elapsed at each episode end of env 0 (whose Monitor episode lengths count
+    ``frame_skip`` emulator frames per timestep on Atari; the no-op and fire frames of a reset are counted too, a few
+    dozen per game).
     """
     monitor_files = sorted(folder.glob("*.monitor.csv"))
     first = next(path for path in monitor_files if path.name.split(".")[0] in ("0", "monitor"))
     rows = np.genfromtxt(first, delimiter=",", skip_header=2, ndmin=2)  # columns: r, l, t
     n_envs = max(len(monitor_files), 1)
-    steps = np.cumsum(rows[:, 1]) * n_envs / frame_skip
-    return np.interp(timesteps, steps, rows[:, 2])
+    return np.cumsum(rows[:, 1]) * n_envs / frame_skip, rows[:, 2]
+
+
+def wall_clock_at(folder: Path, timesteps: np.ndarray, frame_skip: int = 1) -> np.ndarray:
+    """Seconds since the start of training at which the run had taken ``timesteps`` steps (from env 0's Monitor)."""
+    steps, seconds = _env0_clock(folder, frame_skip)
+    return np.interp(timesteps, steps, seconds)
+
+
+def training_episodes(folder: Path) -> np.ndarray:
+    """Rows ``(return, length, seconds)`` of the finished training episodes of all environments, in order of ending."""
+    rows = [np.genfromtxt(path, delimiter=",", skip_header=2, ndmin=2) for path in folder.glob("*.monitor.csv")]
+    finished = np.concatenate(rows)
+    return finished[np.argsort(finished[:, 2], kind="stable")]
 
 
 def final_training_return(folder: Path, episodes: int = 100) -> float:
     """Mean return of the last ``episodes`` training episodes over all environments (Monitor files, full games)."""
-    rows = [np.genfromtxt(path, delimiter=",", skip_header=2, ndmin=2) for path in folder.glob("*.monitor.csv")]
-    finished = np.concatenate(rows)
-    return float(finished[np.argsort(finished[:, 2])][-episodes:, 0].mean())
+    return float(training_episodes(folder)[-episodes:, 0].mean())
+
+
+def timesteps_to_training_return(folder: Path, level: float, frame_skip: int = 1, episodes: int = 100) -> int | None:
+    """First timestep at which the mean return of the last ``episodes`` training episodes was at least ``level``."""
+    finished = training_episodes(folder)
+    if len(finished) < episodes:
+        return None
+    running_means = np.convolve(finished[:, 0], np.ones(episodes) / episodes, mode="valid")
+    reached = np.flatnonzero(running_means >= level)
+    if not reached.size:
+        return None
+    seconds = finished[reached[0] + episodes - 1, 2]
+    steps, clock = _env0_clock(folder, frame_skip)
+    return int(np.interp(seconds, clock, steps))
 
 
 def load_run(env_id: str, algo: str, seed: int) -> dict | None:
@@ -132,6 +159,7 @@ def load_run(env_id: str, algo: str, seed: int) -> dict | None:
     seconds = wall_clock_at(folder, timesteps, int(TASKS[env_id].get("frame_skip", 1)))
     done = json.loads((directory / "done.json").read_text())
     return dict(
+        seed=seed,
         timesteps=timesteps.tolist(),
         returns=returns.tolist(),
         steps_to_threshold=int(timesteps[reached[0]]) if reached.size else None,
@@ -141,6 +169,41 @@ def load_run(env_id: str, algo: str, seed: int) -> dict | None:
         mean_return=float(returns.mean()),
         total_seconds=done["seconds"],
         fps=done["n_timesteps"] / done["seconds"],
+    )
+
+
+def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None) -> dict:
+    steps = [run["steps_to_threshold"] for run in runs if run["steps_to_threshold"] is not None]
+    seconds = [run["seconds_to_threshold"] for run in runs if run["seconds_to_threshold"] is not None]
+    to_a2c_level: list[float] = []
+    if a2c_level is not None:
+        frame_skip = int(TASKS[env_id].get("frame_skip", 1))
+        for run in runs:
+            folder = zoo_run_folder(run_directory(env_id, algo, run["seed"]), algo, env_id)
+            if (crossing := timesteps_to_training_return(folder, a2c_level, frame_skip)) is not None:
+                to_a2c_level.append(crossing)
+    return dict(
+        env=env_id,
+        algo=algo,
+        seeds=len(runs),
+        reached=len(steps),
+        threshold=TASKS[env_id]["threshold"],
+        budget=max(run["timesteps"][-1] for run in runs),
+        steps_mean=mean_std(steps)[0],
+        steps_std=mean_std(steps)[1],
+        seconds_mean=mean_std(seconds)[0],
+        seconds_std=mean_std(seconds)[1],
+        mean_return_mean=mean_std([run["mean_return"] for run in runs])[0],
+        mean_return_std=mean_std([run["mean_return"] for run in runs])[1],
+        final_return_mean=mean_std([run["final_return"] for run in runs])[0],
+        final_return_std=mean_std([run["final_return"] for run in runs])[1],
+        training_return_mean=mean_std([run["final_training_return"] for run in runs])[0],
+        training_return_std=mean_std([run["final_training_return"] for run in runs])[1],
+        a2c_training_level=a2c_level,
+        reached_a2c_level=len(to_a2c_level),
+        steps_to_a2c_level_mean=mean_std(to_a2c_level)[0],
+        steps_to_a2c_level_std=mean_std(to_a2c_level)[1],
+        fps_mean=mean_std([run["fps"] for run in runs])[0],
     )
 
 
@@ -156,34 +219,14 @@ def report() -> None:
         curves = {}
         for algo in ALGOS:
             runs = [run for seed in range(20) if (run := load_run(env_id, algo, seed)) is not None]
-            if not runs:
-                continue
-            curves[algo] = runs
-            steps = [run["steps_to_threshold"] for run in runs if run["steps_to_threshold"] is not None]
-            seconds = [run["seconds_to_threshold"] for run in runs if run["seconds_to_threshold"] is not None]
-            row = dict(
-                env=env_id,
-                algo=algo,
-                seeds=len(runs),
-                reached=len(steps),
-                threshold=TASKS[env_id]["threshold"],
-                budget=max(run["timesteps"][-1] for run in runs),
-                steps_mean=mean_std(steps)[0],
-                steps_std=mean_std(steps)[1],
-                seconds_mean=mean_std(seconds)[0],
-                seconds_std=mean_std(seconds)[1],
-                mean_return_mean=mean_std([run["mean_return"] for run in runs])[0],
-                mean_return_std=mean_std([run["mean_return"] for run in runs])[1],
-                final_return_mean=mean_std([run["final_return"] for run in runs])[0],
-                final_return_std=mean_std([run["final_return"] for run in runs])[1],
-                training_return_mean=mean_std([run["final_training_return"] for run in runs])[0],
-                training_return_std=mean_std([run["final_training_return"] for run in runs])[1],
-                fps_mean=mean_std([run["fps"] for run in runs])[0],
-            )
-            rows.append(row)
-        if curves:
-            summary[env_id] = curves
-            plot(env_id, curves)
+            if runs:
+                curves[algo] = runs
+        if not curves:
+            continue
+        a2c_level = mean_std([run["final_training_return"] for run in curves.get("a2c", [])])[0]
+        rows += [table_row(env_id, algo, runs, a2c_level) for algo, runs in curves.items()]
+        summary[env_id] = curves
+        plot(env_id, curves)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sample_efficiency.json").write_text(json.dumps(dict(table=rows, curves=summary), indent=1))
     with open(RESULTS / "sample_efficiency.csv", "w", newline="") as file:
@@ -200,9 +243,9 @@ def fmt(value: float | None, digits: int = 0) -> str:
 def print_table(rows: list[dict]) -> None:
     print(
         "| task | algo | reached / seeds | timesteps to threshold | seconds to threshold | mean return over the run "
-        "| final return | last 100 training episodes | fps |"
+        "| final return | last 100 training episodes | timesteps until they reach A2C's final ones | fps |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['env']} (>= {row['threshold']}, {row['budget']:,} steps) | {row['algo']} | "
@@ -210,7 +253,9 @@ def print_table(rows: list[dict]) -> None:
             f"{fmt(row['seconds_mean'])} ± {fmt(row['seconds_std'])} | "
             f"{fmt(row['mean_return_mean'], 1)} ± {fmt(row['mean_return_std'], 1)} | "
             f"{fmt(row['final_return_mean'], 1)} ± {fmt(row['final_return_std'], 1)} | "
-            f"{fmt(row['training_return_mean'], 1)} ± {fmt(row['training_return_std'], 1)} | {fmt(row['fps_mean'])} |"
+            f"{fmt(row['training_return_mean'], 1)} ± {fmt(row['training_return_std'], 1)} | "
+            f"{row['reached_a2c_level']} / {row['seeds']}: {fmt(row['steps_to_a2c_level_mean'])} ± "
+            f"{fmt(row['steps_to_a2c_level_std'])} | {fmt(row['fps_mean'])} |"
         )
 
 

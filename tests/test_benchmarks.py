@@ -32,6 +32,7 @@ def test_sample_efficiency_runs_resumes_and_reports(tmp_path: Path, monkeypatch:
     assert [(row["algo"], row["seeds"]) for row in table] == [("acktr", 1), ("a2c", 1)]
     for row in table:
         assert row["budget"] == 1_600 and row["fps_mean"] > 0
+        assert row["a2c_training_level"] == table[1]["training_return_mean"]
         assert row["reached"] == 0 or 0 < row["steps_mean"] <= 1_600
     assert (tmp_path / "results" / "sample_efficiency.csv").read_text().startswith("env,algo,seeds")
     assert (tmp_path / "docs" / "sample_efficiency_CartPole-v1.png").stat().st_size > 0
@@ -81,3 +82,15 @@ def test_critic_curvature_rows_keep_their_ordering() -> None:
     assert row["exact-damped"] < row["exact"] and row["block-damped"] < row["block"]
     assert row["exact"] <= row["block"] <= n_layers * row["bound"] * (1 + 1e-6)
     assert row["used"] == pytest.approx(row["running"], rel=1e-3)
+
+
+@pytest.mark.parametrize("level, expected", [(0.0, 1200), (2.5, 1600), (5.0, None)])
+def test_timesteps_to_training_return_reads_the_running_mean(tmp_path: Path, level: float, expected: int | None) -> None:
+    """Episode returns 1, 2, 3, 4 end at 10, 15, 20, 25 s (envs 0, 1, 0, 1); env 0 has taken 800 timesteps at 10 s."""
+    (tmp_path / "0.monitor.csv").write_text('#{"t_start": 0}\nr,l,t\n1.0,400,10.0\n3.0,400,20.0\n')
+    (tmp_path / "1.monitor.csv").write_text('#{"t_start": 0}\nr,l,t\n2.0,400,15.0\n4.0,400,25.0\n')
+    # Running means over 2 episodes: 1.5 at 15 s, 2.5 at 20 s, 3.5 at 25 s.
+    assert sample_efficiency.timesteps_to_training_return(tmp_path, level, episodes=2) == expected
+    quarter = None if expected is None else expected // 4
+    assert sample_efficiency.timesteps_to_training_return(tmp_path, level, frame_skip=4, episodes=2) == quarter
+    assert sample_efficiency.final_training_return(tmp_path, episodes=2) == 3.5
