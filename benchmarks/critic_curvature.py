@@ -5,18 +5,21 @@ Before chosen updates, for the gradient of ``vf_coef * value_loss`` over the cri
 whose critic has its own network), the script prints ``sum <V, grad>`` (the quantity ACKTR's trust region bounds) with
 ``V`` the gradient preconditioned by, from exact to what the step uses:
 
-1. ``exact``: the exact Fisher of the batch over all those layers. It equals the bound
-   ``(vf_coef / vf_fisher_coef)^2 * value_loss`` when the residuals lie in the span of the critic's Jacobian;
+1. ``exact``: the exact Fisher of the batch over all those layers. It is at most the bound
+   ``(vf_coef / vf_fisher_coef)^2 * value_loss``, and equal to it when the residuals lie in the range of the critic's
+   Jacobian (up to the directions that ``RANGE_CUTOFF`` drops);
 2. ``block``: its block diagonal, one block per layer (the structure K-FAC keeps): at most one bound per layer;
 3. ``kron``: Kronecker factors of this batch, with the expected (not sampled) output gradients;
-4. ``running``: the running averages of the factors that the optimizer keeps (sampled, decayed by ``stats_decay``);
-5. ``used``: the inverses the step will use (refreshed every ``inverse_update_interval`` updates).
+4. ``running``: the running averages of the factors that the optimizer keeps (sampled, decayed by ``stats_decay``,
+   without this batch yet);
+5. ``previous``: the inverses of the previous update, which the step uses unless it refreshes them first (rows
+   marked ``*``: it then inverts the running averages with this batch folded in).
 
-``exact`` and ``block`` are given without damping; ``-damped`` and all K-FAC rows use the model's Tikhonov damping.
-Each figure is also given as a multiple of the bound.
+``exact`` and ``block`` are given without damping; ``-damped`` and all K-FAC rows use the model's Tikhonov damping
+(``kron`` compares with ``block-damped``). Each figure is also given as a multiple of the bound. The model runs on CPU.
 
     python benchmarks/critic_curvature.py --env Acrobot-v1 --updates 20 60 120
-    python benchmarks/critic_curvature.py --env Acrobot-v1 --kwargs "dict(inverse_update_interval=1)"
+    python benchmarks/critic_curvature.py --env CartPole-v1 --kwargs "dict(kl_clip=0.003, vf_kl_clip=None)"
 """
 
 import argparse
@@ -30,18 +33,32 @@ from torch import nn
 from sb3_acktr import ACKTR
 from sb3_acktr.kfac.inverses import compute_inverse
 
+# Eigenvalues of the Jacobian kernel below this fraction of the largest count as outside its range: the Jacobians come
+# from float32 forward passes, and the spectrum tails off smoothly, so ``exact`` depends (a little) on the choice.
+RANGE_CUTOFF = 1e-10
+
+COLUMNS = ("exact", "exact-damped", "block", "block-damped", "kron", "running", "previous")
+
 
 def _kernel_inner(weights: th.Tensor, kernel: th.Tensor, scale: float, damping: float) -> float:
     """
-    ``g^T (scale / N * J^T J + damping I)^-1 g`` for ``g = J^T weights``, from the ``N x N`` kernel ``J J^T``
-    (push-through identity); without damping, the pseudo-inverse: ``N / scale * |projection of weights on range(J)|^2``.
+    ``g^T (scale / N * J^T J + damping I)^-1 g`` for ``g = J^T weights``, from the ``N x N`` kernel ``J J^T`` (push-through
+    identity); without damping, with the pseudo-inverse: ``N / scale * |projection of weights on range(J)|^2``.
+
+    :param weights: per-example weights ``w`` of the gradient, shape ``(N,)``
+    :param kernel: ``J J^T``, shape ``(N, N)``
+    :param scale: Fisher scale ``s`` in ``s / N * J^T J``
+    :param damping: Tikhonov damping (0: none)
+    :return: the inner product
     """
     n = kernel.shape[0]
     if damping == 0:
         eigenvalues, eigenvectors = th.linalg.eigh(kernel)
-        in_range = eigenvectors[:, eigenvalues > eigenvalues.max() * 1e-10]
+        if eigenvalues.max() <= 0:
+            return 0.0
+        in_range = eigenvectors[:, eigenvalues > eigenvalues.max() * RANGE_CUTOFF]
         return float(n / scale * (in_range.T @ weights).square().sum())
-    identity = th.eye(n, dtype=kernel.dtype)
+    identity = th.eye(n, dtype=kernel.dtype, device=kernel.device)
     return float(weights @ kernel @ th.linalg.solve(scale / n * kernel + damping * identity, weights))
 
 
@@ -49,6 +66,7 @@ class CriticCurvatureProbe(BaseCallback):
     """Print the comparison on the fresh rollout, before the updates listed (1-based)."""
 
     def __init__(self, updates: list[int]) -> None:
+        """:param updates: the (1-based) updates before which to compare, each at least 2 (statistics exist)"""
         super().__init__()
         self.updates = set(updates)
         self.rows: list[dict[str, Any]] = []
@@ -67,15 +85,17 @@ class CriticCurvatureProbe(BaseCallback):
 
 
 def critic_layers(model: ACKTR) -> list[nn.Linear]:
+    """The critic's own linear layers: its MLP (``mlp_extractor.value_net``) and the value head."""
     policy = model.policy
     layers = [module for module in policy.mlp_extractor.value_net.modules() if isinstance(module, nn.Linear)]
     return [*layers, policy.value_net]
 
 
-def compare(model: ACKTR) -> dict[str, float]:
+def compare(model: ACKTR) -> dict[str, Any]:
+    """The row of figures for the rollout in ``model.rollout_buffer`` (see the module docstring)."""
     buffer = model.rollout_buffer
-    observations = th.as_tensor(buffer.observations.reshape(-1, *buffer.obs_shape), device=model.device)
-    returns = th.as_tensor(buffer.returns.reshape(-1), device=model.device).double()
+    observations = th.as_tensor(buffer.observations.reshape(-1, *buffer.obs_shape))
+    returns = th.as_tensor(buffer.returns.reshape(-1)).double()
     layers = critic_layers(model)
     inputs: dict[nn.Module, th.Tensor] = {}
     outputs: dict[nn.Module, th.Tensor] = {}
@@ -97,7 +117,8 @@ def compare(model: ACKTR) -> dict[str, float]:
     # grad of vf_coef * mean (R - V)^2 is J^T weights; the critic's Fisher term gives (2 fisher_coef)^2 J^T J / N.
     weights = -2 * vf_coef / n * residuals
     scale = 4 * fisher_coef**2
-    activations = [th.cat([inputs[layer].detach().double(), th.ones(n, 1, dtype=th.float64)], dim=1) for layer in layers]
+    ones = th.ones(n, 1, dtype=th.float64)
+    activations = [th.cat([inputs[layer].detach().double(), ones], dim=1) for layer in layers]
     jacobians = [grad.double() for grad in output_grads]
     kernels = [(jac @ jac.T) * (act @ act.T) for jac, act in zip(jacobians, activations, strict=True)]
     totals = dict.fromkeys(("block", "block-damped", "kron", "running"), 0.0)
@@ -107,34 +128,39 @@ def compare(model: ACKTR) -> dict[str, float]:
         grad = jac.T @ (weights[:, None] * act)
         fresh_a, fresh_g = act.T @ act / n, scale * jac.T @ jac / n
         block = next(block for block in model.kfac.blocks if block.module is layer)
+        assert block.bias is not None, "the homogeneous coordinate above assumes biased layers"
         factors = model.kfac.factors(block)
         assert factors is not None, "probe after the first statistics update"
         for key, (a_factor, g_factor) in (("kron", (fresh_a, fresh_g)), ("running", factors)):
             inverse, _ = compute_inverse(a_factor.double(), g_factor.double(), model.damping_mode, damping)
             totals[key] += float((inverse.precondition(grad) * grad).sum())
     total_kernel = sum(kernels[1:], kernels[0])
-    used = model.kfac.natural_gradient_inner(vf_coef * th.nn.functional.mse_loss(returns.float(), values))
-    return dict(
-        bound=float((vf_coef / fisher_coef) ** 2 * value_loss),
-        exact=_kernel_inner(weights, total_kernel, scale, 0.0),
-        **{"exact-damped": _kernel_inner(weights, total_kernel, scale, damping)},
+    kfac = model.kfac
+    return {
+        "bound": float((vf_coef / fisher_coef) ** 2 * value_loss),
+        "exact": _kernel_inner(weights, total_kernel, scale, 0.0),
+        "exact-damped": _kernel_inner(weights, total_kernel, scale, damping),
         **totals,
-        used=used,
-    )
-
-
-COLUMNS = ("exact", "exact-damped", "block", "block-damped", "kron", "running", "used")
+        "previous": kfac.natural_gradient_inner(vf_coef * th.nn.functional.mse_loss(returns.float(), values)),
+        "step_refreshes": kfac.inverse_age >= kfac.inverse_update_interval,
+    }
 
 
 def format_row(row: dict[str, Any]) -> str:
+    """One markdown table row: each figure and its multiple of the bound."""
     cells = [f"{row[key]:.3g} ({row[key] / row['bound']:.1f}x)" for key in COLUMNS]
-    return f"| {row['update']} | {row['bound']:.3g} | " + " | ".join(cells) + " |"
+    update = f"{row['update']}{'*' if row['step_refreshes'] else ''}"
+    return f"| {update} | {row['bound']:.3g} | " + " | ".join(cells) + " |"
 
 
 def probe(env_id: str, kwargs: dict[str, Any], updates: list[int], seed: int = 0) -> list[dict[str, Any]]:
     """Train ACKTR on ``env_id`` up to the last of ``updates``, comparing before each of them; return the rows."""
+    if min(updates) < 2:
+        raise ValueError(f"compare before update 2 or later (the factors exist after the first), got {min(updates)}")
     env, _ = make_envs(env_id, seed)
-    model = ACKTR("MlpPolicy", env, seed=seed, **{"ent_coef": 0.0, **kwargs})
+    model = ACKTR("MlpPolicy", env, seed=seed, device="cpu", **{"ent_coef": 0.0, **kwargs})
+    if model.vf_fisher_coef <= 0:
+        raise ValueError("the bound needs vf_fisher_coef > 0")
     extractors = (model.policy.pi_features_extractor, model.policy.vf_features_extractor)
     if any(param.numel() for extractor in extractors for param in extractor.parameters()):
         raise ValueError("the probe covers the critic's own layers: use a features extractor without parameters")
@@ -152,6 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     th.set_num_threads(1)
     print(f"{args.env}, seed {args.seed}, {args.kwargs}: sum <V, grad> of vf_coef * value_loss (multiple of the bound)")
+    print("(*: that update's step refreshes its inverses before using them)")
     print("| update | bound | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     probe(args.env, eval(args.kwargs), args.updates, args.seed)

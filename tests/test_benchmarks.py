@@ -73,15 +73,23 @@ def test_kernel_inner_equals_the_dense_fisher_solve(n_samples: int, n_params: in
 
 
 def test_critic_curvature_rows_keep_their_ordering() -> None:
-    """Inverses refreshed every update: the step uses exactly the running factors' inverses."""
     (row,) = critic_curvature.probe("CartPole-v1", dict(n_steps=5, inverse_update_interval=1), updates=[4])
     n_layers = 3  # two hidden layers and the value head
     # The exact Fisher meets the bound when the residuals lie in the Jacobian's range: with 40 samples and ~4,500 critic
     # parameters they nearly do.
     assert 0.9 * row["bound"] <= row["exact"] <= row["bound"] * (1 + 1e-6)
     assert row["exact-damped"] < row["exact"] and row["block-damped"] < row["block"]
+    # Not a theorem for any split into blocks; here each block alone has more parameters than samples (full-rank J).
     assert row["exact"] <= row["block"] <= n_layers * row["bound"] * (1 + 1e-6)
-    assert row["used"] == pytest.approx(row["running"], rel=1e-3)
+    # Inverses refreshed every update: the previous update's are those of the running factors as they are now, so the
+    # script's own inversion must agree with the optimizer's (and the step refreshes them again first).
+    assert row["previous"] == pytest.approx(row["running"], rel=1e-3)
+    assert row["step_refreshes"]
+
+
+def test_critic_curvature_rejects_an_update_without_statistics() -> None:
+    with pytest.raises(ValueError, match="update 2 or later"):
+        critic_curvature.probe("CartPole-v1", dict(), updates=[1, 3])
 
 
 @pytest.mark.parametrize("level, expected", [(0.0, 1200), (2.5, 1600), (5.0, None)])
