@@ -134,7 +134,10 @@ def final_training_return(folder: Path, episodes: int = 100) -> float:
 
 
 def timesteps_to_training_return(folder: Path, level: float, frame_skip: int = 1, episodes: int = 100) -> int | None:
-    """First timestep at which the mean return of the last ``episodes`` training episodes was at least ``level``."""
+    """
+    First timestep at which the mean return of the last ``episodes`` training episodes was at least ``level`` (the
+    episode's end time converted through env 0's clock, which stops at env 0's last finished episode).
+    """
     finished = training_episodes(folder)
     if len(finished) < episodes:
         return None
@@ -173,6 +176,7 @@ def load_run(env_id: str, algo: str, seed: int) -> dict | None:
 
 
 def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None) -> dict:
+    """One algorithm's row of the table: each measure's mean and std over its seeds (``a2c_level``: A2C's final one)."""
     steps = [run["steps_to_threshold"] for run in runs if run["steps_to_threshold"] is not None]
     seconds = [run["seconds_to_threshold"] for run in runs if run["seconds_to_threshold"] is not None]
     to_a2c_level: list[float] = []
