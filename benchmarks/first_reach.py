@@ -35,7 +35,7 @@ TASKS = {
 
 def make_envs(env_id: str, seed: int) -> tuple[VecEnv, VecEnv]:
     task = TASKS[env_id]
-    env = make_vec_env(env_id, n_envs=task["n_envs"], seed=seed)
+    env = make_vec_env(env_id, n_envs=int(task["n_envs"]), seed=seed)
     eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1000)
     if task["normalize"]:
         env, eval_env = VecNormalize(env), VecNormalize(eval_env, training=False, norm_reward=False)
@@ -49,7 +49,7 @@ def first_reach(env_id: str, algo: str, kwargs: dict, seed: int, eval_every: int
     model = algorithm("MlpPolicy", env, seed=seed, **{"ent_coef": 0.0, **kwargs})
     stop = StopTrainingOnRewardThreshold(task["threshold"], verbose=0)
     callback = EvalCallback(
-        eval_env, eval_freq=max(eval_every // task["n_envs"], 1), n_eval_episodes=10, callback_on_new_best=stop, verbose=0
+        eval_env, eval_freq=max(eval_every // int(task["n_envs"]), 1), n_eval_episodes=10, callback_on_new_best=stop, verbose=0
     )
     model.learn(int(task["budget"]), callback=callback)
     return model.num_timesteps if callback.best_mean_reward >= task["threshold"] else None

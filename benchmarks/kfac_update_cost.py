@@ -26,6 +26,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 
 from sb3_acktr import KFAC, AcktrCNN
 from sb3_acktr.acktr.acktr import fisher_loss
@@ -46,8 +47,10 @@ def make_policy(kind: str, seed: int = 0) -> tuple[ActorCriticPolicy, spaces.Spa
     th.manual_seed(seed)
     if kind in ("cnn", "acktr-cnn"):
         observation_space: spaces.Space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
-        extractor = dict(features_extractor_class=AcktrCNN) if kind == "acktr-cnn" else {}
-        policy: ActorCriticPolicy = ActorCriticCnnPolicy(observation_space, spaces.Discrete(6), lambda _: 7e-4, **extractor)
+        extractor: type[BaseFeaturesExtractor] = AcktrCNN if kind == "acktr-cnn" else NatureCNN
+        policy: ActorCriticPolicy = ActorCriticCnnPolicy(
+            observation_space, spaces.Discrete(6), lambda _: 7e-4, features_extractor_class=extractor
+        )
     else:
         observation_space = spaces.Box(-1, 1, (8,), np.float32)
         policy = ActorCriticPolicy(observation_space, spaces.Discrete(4), lambda _: 7e-4, net_arch=[64, 64])
@@ -56,6 +59,7 @@ def make_policy(kind: str, seed: int = 0) -> tuple[ActorCriticPolicy, spaces.Spa
 
 def make_batch(observation_space: spaces.Space, batch_size: int) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
     observations = th.as_tensor(np.stack([observation_space.sample() for _ in range(batch_size)]))
+    assert observation_space.shape is not None
     n_actions = 6 if len(observation_space.shape) == 3 else 4
     return (
         observations,

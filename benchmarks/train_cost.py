@@ -2,16 +2,17 @@
 Cost of ACKTR against A2C in the same run on this machine: ``train()`` time per update on identical batches, and
 whole-run timesteps per second and peak memory.
 
-    python benchmarks/train_cost.py              # NatureCNN on Pong at 16x20 and 32x20, the default MLP on CartPole at 8x20
+    python benchmarks/train_cost.py              # every case in CASES
     python benchmarks/train_cost.py --quick      # fewer updates
-    python benchmarks/train_cost.py --cases cnn-32x20-zoo   # ACKTR with the Atari section of hyperparams/acktr.yml
+    python benchmarks/train_cost.py --cases cnn-32x20-zoo cnn-32x20-acktrcnn   # ACKTR with the paper's Atari network
 
 Per update: one rollout is collected once and copied into both models; each then runs ``train()`` on it
 ``--updates`` times (ACKTR's inverse refreshes included, so the figure is amortised), alternating the two algorithms
 ``--rounds`` times; the ratio of the medians is printed. Whole run: ``learn()`` for the same number of timesteps in a
 fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop, ACKTR's K-FAC); in ``cnn-32x20-zoo`` ACKTR uses
-the network and K-FAC settings of the zoo's Atari section instead (timed over at least one inverse refresh interval).
+the network and K-FAC settings of the zoo's Atari section instead (timed over at least one inverse refresh interval),
+in ``cnn-32x20-acktrcnn`` the paper's network (``AcktrCNN``) and one trust region with the default K-FAC settings.
 """
 
 import argparse
@@ -23,14 +24,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch as th
 import yaml
 from stable_baselines3 import A2C
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
 from sb3_acktr import ACKTR, AcktrCNN
@@ -44,11 +46,18 @@ def zoo_atari_settings() -> dict:
     return dict({key: section[key] for key in keys}, policy_kwargs=eval(section["policy_kwargs"], {"AcktrCNN": AcktrCNN}))
 
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "cnn-16x20": dict(env="PongNoFrameskip-v4", n_envs=16, n_steps=20, policy="CnnPolicy"),
     "cnn-32x20": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy"),
     "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
     "cnn-32x20-zoo": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=zoo_atari_settings()),
+    "cnn-32x20-acktrcnn": dict(
+        env="PongNoFrameskip-v4",
+        n_envs=32,
+        n_steps=20,
+        policy="CnnPolicy",
+        acktr=dict(policy_kwargs=dict(features_extractor_class=AcktrCNN), vf_kl_clip=None),
+    ),
 }
 
 
@@ -62,9 +71,9 @@ def make_env(case: dict) -> VecEnv:
     return make_vec_env(case["env"], n_envs=case["n_envs"], seed=0)
 
 
-def make_model(algo: str, case: dict, env: VecEnv) -> BaseAlgorithm:
+def make_model(algo: str, case: dict, env: VecEnv) -> OnPolicyAlgorithm:
     if algo == "acktr":
-        model: BaseAlgorithm = ACKTR(
+        model: OnPolicyAlgorithm = ACKTR(
             case["policy"], env, n_steps=case["n_steps"], seed=0, device="cpu", **case.get("acktr", {})
         )
     else:
@@ -78,7 +87,7 @@ class _Noop(BaseCallback):
         return True
 
 
-def seconds_per_update(model: BaseAlgorithm, n_updates: int) -> float:
+def seconds_per_update(model: OnPolicyAlgorithm, n_updates: int) -> float:
     start = time.perf_counter()
     for _ in range(n_updates):
         model.train()
@@ -91,7 +100,7 @@ def train_ratio(case: dict, n_updates: int, rounds: int) -> dict[str, float]:
     callback = _Noop()
     callback.init_callback(a2c)
     a2c._setup_learn(case["n_envs"] * case["n_steps"], callback)
-    a2c.collect_rollouts(a2c.env, callback, a2c.rollout_buffer, n_rollout_steps=case["n_steps"])
+    a2c.collect_rollouts(env, callback, a2c.rollout_buffer, n_rollout_steps=case["n_steps"])
     acktr.rollout_buffer = copy.deepcopy(a2c.rollout_buffer)
     acktr._current_progress_remaining = a2c._current_progress_remaining = 1.0
     n_updates = max(n_updates, case.get("acktr", {}).get("inverse_update_interval", 0))
