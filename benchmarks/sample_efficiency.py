@@ -124,7 +124,7 @@ def wall_clock_at(folder: Path, timesteps: np.ndarray, frame_skip: int = 1) -> n
 def training_episodes(folder: Path) -> np.ndarray:
     """Rows ``(return, length, seconds)`` of the finished training episodes of all environments, in order of ending."""
     rows = [np.genfromtxt(path, delimiter=",", skip_header=2, ndmin=2) for path in folder.glob("*.monitor.csv")]
-    finished = np.concatenate(rows)
+    finished = np.concatenate([env_rows for env_rows in rows if env_rows.size] or [np.empty((0, 3))])
     return finished[np.argsort(finished[:, 2], kind="stable")]
 
 
