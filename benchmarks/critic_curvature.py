@@ -122,13 +122,16 @@ def compare(model: ACKTR) -> dict[str, Any]:
     jacobians = [grad.double() for grad in output_grads]
     kernels = [(jac @ jac.T) * (act @ act.T) for jac, act in zip(jacobians, activations, strict=True)]
     totals = dict.fromkeys(("block", "block-damped", "kron", "running"), 0.0)
+    blocks = {block.module: block for block in model.kfac.blocks}
     for layer, jac, act, kernel in zip(layers, jacobians, activations, kernels, strict=True):
         totals["block"] += _kernel_inner(weights, kernel, scale, 0.0)
         totals["block-damped"] += _kernel_inner(weights, kernel, scale, damping)
         grad = jac.T @ (weights[:, None] * act)
-        fresh_a, fresh_g = act.T @ act / n, scale * jac.T @ jac / n
-        block = next(block for block in model.kfac.blocks if block.module is layer)
+        block = blocks[layer]
         assert block.bias is not None, "the homogeneous coordinate above assumes biased layers"
+        # The optimizer's own factor code, on this batch and with the expected output gradients.
+        fresh_a = block.activation_factor(inputs[layer].detach().double())
+        fresh_g = scale * block.gradient_factor(jac)
         factors = model.kfac.factors(block)
         assert factors is not None, "probe after the first statistics update"
         for key, (a_factor, g_factor) in (("kron", (fresh_a, fresh_g)), ("running", factors)):

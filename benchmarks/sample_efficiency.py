@@ -102,6 +102,11 @@ def zoo_run_folder(directory: Path, algo: str, env_id: str) -> Path:
     return folders[-1]
 
 
+def frame_skip(env_id: str) -> int:
+    """Emulator frames per timestep that the task's Monitor files count (see ``TASKS``)."""
+    return int(TASKS[env_id].get("frame_skip", 1))
+
+
 def _env0_clock(folder: Path, frame_skip: int) -> tuple[np.ndarray, np.ndarray]:
     """
     Timesteps taken and seconds elapsed at each episode end of env 0 (whose Monitor episode lengths count
@@ -159,7 +164,7 @@ def load_run(env_id: str, algo: str, seed: int) -> dict | None:
     timesteps, returns = evaluations["timesteps"], evaluations["results"].mean(axis=1)
     threshold = TASKS[env_id]["threshold"]
     reached = np.flatnonzero(returns >= threshold)
-    seconds = wall_clock_at(folder, timesteps, int(TASKS[env_id].get("frame_skip", 1)))
+    seconds = wall_clock_at(folder, timesteps, frame_skip(env_id))
     done = json.loads((directory / "done.json").read_text())
     return dict(
         seed=seed,
@@ -181,10 +186,9 @@ def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None)
     seconds = [run["seconds_to_threshold"] for run in runs if run["seconds_to_threshold"] is not None]
     to_a2c_level: list[float] = []
     if a2c_level is not None:
-        frame_skip = int(TASKS[env_id].get("frame_skip", 1))
         for run in runs:
             folder = zoo_run_folder(run_directory(env_id, algo, run["seed"]), algo, env_id)
-            if (crossing := timesteps_to_training_return(folder, a2c_level, frame_skip)) is not None:
+            if (crossing := timesteps_to_training_return(folder, a2c_level, frame_skip(env_id))) is not None:
                 to_a2c_level.append(crossing)
     return dict(
         env=env_id,
