@@ -133,9 +133,9 @@ class ACKTR(OnPolicyAlgorithm):
         its entropy term alone (``train/actor_vg``) and of the weighted value loss alone (``train/critic_vg``), with the
         inverses of the previous update (two more backward passes and preconditionings), and
         ``train/critic_vg_exact_bound = (vf_coef / vf_fisher_coef)^2 * value_loss``, the most that ``critic_vg`` could
-        be with the exact Fisher of the batch over the layers K-FAC covers: a ``critic_vg`` far above it means that the
-        Kronecker-factored curvature underestimates the critic's (and the critic may take the trust region from the
-        policy)
+        be with the exact Fisher of the batch over the layers K-FAC covers. The block diagonal alone allows up to one
+        bound per layer; a ``critic_vg`` far above that means that K-FAC's curvature underestimates the critic's (and
+        the critic may take the trust region from the policy; ``benchmarks/critic_curvature.py`` splits the excess)
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
         instead of action noise exploration (default: False)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
