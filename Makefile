@@ -37,6 +37,6 @@ check-codestyle: install
 	$(PYTHON) -m ruff format --check $(LINT_PATHS)
 
 type: install
-	$(PYTHON) -m mypy sb3_acktr/ benchmarks/
+	$(PYTHON) -m mypy $(LINT_PATHS)
 
 commit-checks: check-codestyle lint type

@@ -94,7 +94,7 @@ class NotActorCritic(BasePolicy):
 
 def test_policy_without_actor_critic_heads() -> None:
     with pytest.raises(TypeError, match="ActorCriticPolicy"):
-        ACKTR(NotActorCritic, IdentityEnv(2))
+        ACKTR(NotActorCritic, IdentityEnv(2))  # type: ignore[arg-type]
 
 
 def test_parameters_added_after_the_model_was_built_are_refused() -> None:

@@ -64,7 +64,8 @@ def test_train_and_eval_mode() -> None:
         policy_kwargs=dict(features_extractor_class=NormalisedDropoutExtractor),
         seed=0,
     )
-    batch_norm = model.policy.features_extractor.net[1]
+    batch_norm = model.policy.features_extractor.get_submodule("net.1")
+    assert isinstance(batch_norm, th.nn.BatchNorm1d) and batch_norm.running_mean is not None
     assert "features_extractor.net.1.weight" in model.kfac.uncovered_parameters
 
     running_mean = batch_norm.running_mean.clone()

@@ -159,7 +159,7 @@ def test_shared_input_linear_is_exact() -> None:
     x = th.randn(1, 4, dtype=DTYPE).expand(6, 4).clone()
     weights = th.randn(6, 3, dtype=DTYPE)
     a = th.cat([x[0], th.ones(1, dtype=DTYPE)])
-    exact = sum(th.outer(th.kron(w, a), th.kron(w, a)) for w in weights) / 6
+    exact = th.stack([th.outer(th.kron(w, a), th.kron(w, a)) for w in weights]).mean(dim=0)
     kfac = kfac_factors_for(nn.Sequential(layer), x, weights)["0"]
     assert th.allclose(kfac, exact, atol=1e-12)
 

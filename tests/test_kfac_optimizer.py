@@ -9,6 +9,7 @@ import torch as th
 from torch import nn
 
 from sb3_acktr.kfac import KFAC
+from sb3_acktr.kfac.inverses import DampingMode
 
 
 @pytest.fixture(autouse=True)
@@ -16,7 +17,7 @@ def _seed() -> None:
     th.manual_seed(0)
 
 
-def small_cnn(inplace: bool = False) -> nn.Module:
+def small_cnn(inplace: bool = False) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(2, 4, kernel_size=3, stride=2, padding=1),
         nn.ReLU(inplace=inplace),
@@ -25,6 +26,11 @@ def small_cnn(inplace: bool = False) -> nn.Module:
         nn.Tanh(),
         nn.Linear(8, 3),
     )
+
+
+def gradient(parameter: th.Tensor) -> th.Tensor:
+    assert parameter.grad is not None
+    return parameter.grad
 
 
 def fisher_and_loss(model: nn.Module, optimizer: KFAC, inputs: th.Tensor, targets: th.Tensor) -> th.Tensor:
@@ -78,7 +84,7 @@ def test_trust_region_scale_is_one_when_satisfied_and_binds_otherwise() -> None:
             assert lr**2 * vg_sum < 0.001
         # Without momentum the step is exactly -lr * scale * V, whose <., grad> gives back vg_sum.
         step = parameters_vector(model) - before
-        grads = th.cat([p.grad.reshape(-1) for p in model.parameters()])
+        grads = th.cat([gradient(p).reshape(-1) for p in model.parameters()])
         assert float(-(step * grads).sum()) / (lr * scale) == pytest.approx(vg_sum, rel=1e-4)
 
 
@@ -90,11 +96,11 @@ def test_natural_gradient_inner_is_the_next_steps_vg_sum_and_leaves_grads_alone(
     loss = fisher_and_loss(model, optimizer, inputs, targets)
     optimizer.zero_grad()
     (2 * loss).backward(retain_graph=True)
-    grads_before = [p.grad.clone() for p in model.parameters()]
+    grads_before = [gradient(p).clone() for p in model.parameters()]
 
     inner = optimizer.natural_gradient_inner(loss)
 
-    assert all(th.equal(p.grad, g) for p, g in zip(model.parameters(), grads_before, strict=True))
+    assert all(th.equal(gradient(p), g) for p, g in zip(model.parameters(), grads_before, strict=True))
     optimizer.zero_grad()
     loss.backward()  # the graph was kept
     optimizer.step()
@@ -147,7 +153,7 @@ def test_separate_trust_regions_bind_independently() -> None:
         assert 10.0**2 * scale**2 * vg_sum == pytest.approx(kl_clip, rel=1e-6)
     # Each group steps by -lr * its own scale * V ...
     step = th.cat([(p.detach() - b).reshape(-1) for p, b in zip(second, before, strict=True)])
-    grads = th.cat([p.grad.reshape(-1) for p in second])
+    grads = th.cat([gradient(p).reshape(-1) for p in second])
     scale = diagnostics["second/trust_region_scale"]
     assert float(-(step * grads).sum()) / (10.0 * scale) == pytest.approx(diagnostics["second/vg_sum"], rel=1e-4)
     # ... so the second head's large gradient no longer shrinks the step of the rest, as it does in a joint region.
@@ -215,9 +221,9 @@ def test_fisher_pass_leaves_grad_untouched_and_keeps_graph() -> None:
         p.grad = th.full_like(p, 3.0)
     inputs, targets = batch()
     loss = fisher_and_loss(model, optimizer, inputs, targets)
-    assert all(th.equal(p.grad, th.full_like(p, 3.0)) for p in model.parameters())
+    assert all(th.equal(gradient(p), th.full_like(p, 3.0)) for p in model.parameters())
     loss.backward()  # the graph survived the Fisher pass
-    assert not all(th.equal(p.grad, th.full_like(p, 3.0)) for p in model.parameters())
+    assert not all(th.equal(gradient(p), th.full_like(p, 3.0)) for p in model.parameters())
 
 
 def test_no_statistics_without_capture_or_under_no_grad() -> None:
@@ -242,9 +248,10 @@ def test_in_place_activation_gives_same_statistics() -> None:
         th.manual_seed(4)
         fisher_and_loss(model, optimizer, inputs, targets)
         factors.append([optimizer.factors(block) for block in optimizer.blocks])
-    for (a0, g0), (a1, g1) in zip(factors[0], factors[1], strict=True):
-        assert th.equal(a0, a1)
-        assert th.equal(g0, g1)
+    for first, second in zip(factors[0], factors[1], strict=True):
+        assert first is not None and second is not None
+        assert th.equal(first[0], second[0])
+        assert th.equal(first[1], second[1])
 
 
 class MixedModel(nn.Module):
@@ -269,24 +276,31 @@ def test_uncovered_parameters_are_listed_and_get_their_plain_gradient() -> None:
     assert {block.name for block in optimizer.blocks} == {"conv", "head"}
     before = model.log_std.detach().clone()
     full_update(model, optimizer, *batch())
-    assert th.allclose(model.log_std.detach(), before - 0.1 * model.log_std.grad)
+    assert th.allclose(model.log_std.detach(), before - 0.1 * gradient(model.log_std))
 
 
 def test_frozen_bias_stays_frozen() -> None:
     model = small_cnn()
-    model[3].bias.requires_grad_(False)
-    frozen = model[3].bias.detach().clone()
+    bias = model[3].get_parameter("bias")
+    bias.requires_grad_(False)
+    frozen = bias.detach().clone()
     optimizer = KFAC(model, inverse_update_interval=1)
     for _ in range(2):
         full_update(model, optimizer, *batch())
-    assert th.equal(model[3].bias.detach(), frozen)
+    assert th.equal(bias.detach(), frozen)
     assert optimizer.uncovered_parameters == []
 
 
+class ModelHoldingItsOptimizer(nn.Sequential):
+    """As SB3 policies hold theirs."""
+
+    optimizer: KFAC
+
+
 def test_deep_copied_model_keeps_a_working_optimizer() -> None:
-    model = small_cnn()
+    model = ModelHoldingItsOptimizer(*small_cnn())
     optimizer = KFAC(model, async_inverse=True)
-    model.optimizer = optimizer  # as SB3 policies hold theirs
+    model.optimizer = optimizer
     full_update(model, optimizer, *batch())
     clone = copy.deepcopy(model)
     assert clone.optimizer is not optimizer and clone.optimizer.blocks[0].module is clone[0]
@@ -304,7 +318,7 @@ def test_module_called_twice_is_rejected_with_its_name() -> None:
 
 def test_cached_inverses_equal_fresh_ones_at_refresh_steps() -> None:
     inputs, targets = batch()
-    directions = {}
+    directions: dict[int, list[th.Tensor]] = {}
     for interval in (1, 3):
         th.manual_seed(5)
         model = small_cnn()
@@ -319,7 +333,7 @@ def test_cached_inverses_equal_fresh_ones_at_refresh_steps() -> None:
 
 
 @pytest.mark.parametrize("damping_mode", ["exact", "factored"])
-def test_state_dict_round_trip_reproduces_the_step_bit_for_bit(damping_mode: str) -> None:
+def test_state_dict_round_trip_reproduces_the_step_bit_for_bit(damping_mode: DampingMode) -> None:
     inputs, targets = batch()
     model = small_cnn()
     optimizer = KFAC(model, damping_mode=damping_mode, inverse_update_interval=3)

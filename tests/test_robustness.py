@@ -73,8 +73,10 @@ def cartpole(*wrappers, n_envs: int = 4) -> DummyVecEnv:
 
 
 def huge_and_constant_features(env: gym.Env) -> gym.Env:
-    low = np.concatenate([env.observation_space.low, [-np.inf, 0.0]]).astype(np.float32)
-    high = np.concatenate([env.observation_space.high, [np.inf, 0.0]]).astype(np.float32)
+    space = env.observation_space
+    assert isinstance(space, gym.spaces.Box)
+    low = np.concatenate([space.low, [-np.inf, 0.0]]).astype(np.float32)
+    high = np.concatenate([space.high, [np.inf, 0.0]]).astype(np.float32)
     return TransformObservation(
         env,
         lambda obs: np.concatenate([obs, [1e6 * obs[0], 0.0]]).astype(np.float32),
@@ -91,7 +93,7 @@ def test_numerical_faults_are_survived(case: str, damping_mode: str) -> None:
     kwargs: dict = dict(n_steps=16, seed=0, damping_mode=damping_mode, inverse_update_interval=1)
     wrappers: list = []
     if case == "rewards_x1e6":
-        wrappers.append(lambda env: TransformReward(env, lambda reward: 1e6 * reward))
+        wrappers.append(lambda env: TransformReward(env, lambda reward: 1e6 * float(reward)))
     elif case == "huge_and_constant_features":
         wrappers.append(huge_and_constant_features)
     elif case == "damping_1e-8":

@@ -26,6 +26,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from sb3_acktr import ACKTR, AcktrCNN
 from sb3_acktr.acktr.acktr import fisher_loss
 from sb3_acktr.kfac import KFAC
+from sb3_acktr.kfac.blocks import ConvMode
+from sb3_acktr.kfac.inverses import DampingMode
 
 
 def parameters_finite(model: ACKTR) -> bool:
@@ -63,7 +65,7 @@ def test_every_action_space(env: gym.Env) -> None:
 
 @pytest.mark.parametrize("damping_mode", ["exact", "factored"])
 @pytest.mark.parametrize("share_features_extractor", [True, False])
-def test_damping_modes_and_shared_or_separate_extractors(damping_mode: str, share_features_extractor: bool) -> None:
+def test_damping_modes_and_shared_or_separate_extractors(damping_mode: DampingMode, share_features_extractor: bool) -> None:
     model = ACKTR(
         "CnnPolicy",
         FakeImageEnv(screen_height=36, screen_width=36, n_channels=1),
@@ -124,7 +126,7 @@ def test_separate_critic_trust_region(policy: str, env: str | gym.Env, policy_kw
 
 
 @pytest.mark.parametrize("conv_mode", ["expand", "reduce"])
-def test_cnn_conv_modes(conv_mode: str) -> None:
+def test_cnn_conv_modes(conv_mode: ConvMode) -> None:
     model = ACKTR("CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36), n_steps=4, conv_mode=conv_mode, seed=0)
     train_without_dump(model, 12)
     assert parameters_finite(model)
@@ -316,7 +318,7 @@ def test_schedules_end_at_zero_when_the_last_rollout_overshoots_the_budget() -> 
         n_steps=5,
         learning_rate=lambda progress: 0.25 * progress,
         kl_clip=lambda progress: 0.003 * progress,
-        vf_kl_clip=lambda progress: np.float32(0.002 * progress),  # NumPy numbers are numbers too
+        vf_kl_clip=lambda progress: np.float32(0.002 * progress),  # type: ignore[arg-type, return-value]  # NumPy numbers too
         seed=0,
     )
     values = train_without_dump(model, 7)
@@ -346,8 +348,9 @@ def test_logged_kl_is_the_kl_of_the_joint_action() -> None:
     values = train_without_dump(model, 16)  # exactly one update
     observations = th.as_tensor(model.rollout_buffer.observations.reshape(16, -1))
     with th.no_grad():
-        old, new = before.get_distribution(observations), model.policy.get_distribution(observations)
-        expected = th.distributions.kl_divergence(old.distribution, new.distribution).sum(dim=1).mean()
+        old, new = before.get_distribution(observations).distribution, model.policy.get_distribution(observations).distribution
+        assert isinstance(old, th.distributions.Distribution) and isinstance(new, th.distributions.Distribution)
+        expected = th.distributions.kl_divergence(old, new).sum(dim=1).mean()
     assert values["train/kl"] == pytest.approx(expected.item(), rel=1e-4)
 
 
@@ -366,7 +369,8 @@ def test_acktr_cnn_extractor() -> None:
         policy_kwargs=dict(features_extractor_class=AcktrCNN),
         seed=0,
     )
-    fully_connected = model.policy.features_extractor.linear[0]
+    fully_connected = model.policy.features_extractor.get_submodule("linear.0")
+    assert isinstance(fully_connected, th.nn.Linear)
     assert fully_connected.in_features == 32 * 7 * 7  # half of NatureCNN's 3136
     assert "features_extractor.linear.0" in {block.name for block in model.kfac.blocks}
     train_without_dump(model, 8)

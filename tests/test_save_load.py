@@ -2,6 +2,7 @@
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch as th
@@ -10,7 +11,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import FakeImageEnv
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_acktr import ACKTR
 
@@ -77,7 +78,7 @@ def test_hyperparameters_given_at_load_apply(tmp_path: Path) -> None:
     model = make_model()
     model.learn(16 * 2, log_interval=10**9)
     model.save(tmp_path / "acktr")
-    changed = dict(kl_clip=0.01, vf_kl_clip=0.05, momentum=0.5, damping=0.1)
+    changed: dict[str, Any] = dict(kl_clip=0.01, vf_kl_clip=0.05, momentum=0.5, damping=0.1)
     loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("Pendulum-v1", n_envs=2, seed=0), **changed)
     loaded.set_logger(Logger(None, []))
     loaded.learn(16 * 2, reset_num_timesteps=False)
@@ -95,7 +96,7 @@ def test_trust_region_schedules_survive_save_and_load(tmp_path: Path) -> None:
     loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("Pendulum-v1", n_envs=2, seed=0))
     loaded.set_logger(Logger(None, []))
     loaded.learn(16 * 2 * 4)
-    assert loaded.kl_clip(0.5) == pytest.approx(0.001) and loaded.kfac.n_steps == 8
+    assert callable(loaded.kl_clip) and loaded.kl_clip(0.5) == pytest.approx(0.001) and loaded.kfac.n_steps == 8
     assert not loaded.kfac.counters["skipped_steps"]
 
 
@@ -151,10 +152,12 @@ class EnvSnapshots(BaseCallback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.snapshots: dict[int, DummyVecEnv] = {}
+        self.snapshots: dict[int, VecEnv] = {}
 
     def _on_rollout_start(self) -> None:
-        self.snapshots[self.model.num_timesteps] = copy.deepcopy(self.model.get_env())
+        env = self.model.get_env()
+        assert env is not None
+        self.snapshots[self.model.num_timesteps] = copy.deepcopy(env)
 
     def _on_step(self) -> bool:
         return True

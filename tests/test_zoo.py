@@ -33,7 +33,7 @@ REQUIRED_SECTIONS = {
 }
 
 
-def zoo(*arguments: str) -> None:
+def zoo(*arguments: str | int | Path) -> None:
     main([str(argument) for argument in arguments])
 
 
@@ -126,6 +126,7 @@ def test_trust_region_schedules_from_the_command_line(tmp_path: Path) -> None:
         "-params", "kl_clip:'lin_0.004'", "vf_kl_clip:'lin_0.002'",
     )  # fmt: skip
     model = ACKTR.load(run_directory(tmp_path, "CartPole-v1") / "CartPole-v1.zip")
+    assert callable(model.kl_clip) and callable(model.vf_kl_clip)
     assert model.kl_clip(0.5) == pytest.approx(0.002) and model.vf_kl_clip(0.5) == pytest.approx(0.001)
     assert [group["kl_clip"] for group in model.kfac.param_groups] == [0.0, 0.0]  # the last update's bounds
     with pytest.raises(ValueError, match="kl_clip must be a number, null or 'lin_<initial value>'"):
