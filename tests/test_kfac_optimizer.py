@@ -292,7 +292,7 @@ def test_frozen_bias_stays_frozen() -> None:
 
 
 class ModelHoldingItsOptimizer(nn.Sequential):
-    """As SB3 policies hold theirs."""
+    """A model that holds its optimizer, as SB3 policies do."""
 
     optimizer: KFAC
 
