@@ -102,7 +102,7 @@ def zoo_run_folder(directory: Path, algo: str, env_id: str) -> Path:
     return folders[-1]
 
 
-def frame_skip(env_id: str) -> int:
+def task_frame_skip(env_id: str) -> int:
     """Emulator frames per timestep that the task's Monitor files count (see ``TASKS``)."""
     return int(TASKS[env_id].get("frame_skip", 1))
 
@@ -164,7 +164,7 @@ def load_run(env_id: str, algo: str, seed: int) -> dict | None:
     timesteps, returns = evaluations["timesteps"], evaluations["results"].mean(axis=1)
     threshold = TASKS[env_id]["threshold"]
     reached = np.flatnonzero(returns >= threshold)
-    seconds = wall_clock_at(folder, timesteps, frame_skip(env_id))
+    seconds = wall_clock_at(folder, timesteps, task_frame_skip(env_id))
     done = json.loads((directory / "done.json").read_text())
     return dict(
         seed=seed,
@@ -188,7 +188,7 @@ def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None)
     if a2c_level is not None:
         for run in runs:
             folder = zoo_run_folder(run_directory(env_id, algo, run["seed"]), algo, env_id)
-            if (crossing := timesteps_to_training_return(folder, a2c_level, frame_skip(env_id))) is not None:
+            if (crossing := timesteps_to_training_return(folder, a2c_level, task_frame_skip(env_id))) is not None:
                 to_a2c_level.append(crossing)
     return dict(
         env=env_id,
