@@ -221,18 +221,36 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def previous_results() -> tuple[dict[tuple[str, str], dict], dict[str, dict[str, list[dict]]]]:
+    """The rows (by task and algorithm) and curves of the last report, for the runs that are not on this machine."""
+    path = RESULTS / "sample_efficiency.json"
+    if not path.is_file():
+        return {}, {}
+    previous = json.loads(path.read_text())
+    return {(row["env"], row["algo"]): row for row in previous["table"]}, previous["curves"]
+
+
 def report() -> None:
+    """
+    Aggregate the finished runs of this machine; a task and algorithm without any keeps its row and curves from the
+    last report (the runs folder is not versioned), so rerunning one algorithm updates only its own row.
+    """
+    previous_rows, previous_curves = previous_results()
     rows, summary = [], {}
     for env_id in TASKS:
-        curves = {}
+        curves, kept = {}, set()
         for algo in ALGOS:
             runs = [run for seed in range(20) if (run := load_run(env_id, algo, seed)) is not None]
             if runs:
                 curves[algo] = runs
+            elif algo in previous_curves.get(env_id, {}) and (env_id, algo) in previous_rows:
+                curves[algo] = previous_curves[env_id][algo]
+                kept.add(algo)
         if not curves:
             continue
         a2c_level = mean_std([run["final_training_return"] for run in curves.get("a2c", [])])[0]
-        rows += [table_row(env_id, algo, runs, a2c_level) for algo, runs in curves.items()]
+        for algo, runs in curves.items():
+            rows.append(previous_rows[(env_id, algo)] if algo in kept else table_row(env_id, algo, runs, a2c_level))
         summary[env_id] = curves
         plot(env_id, curves)
     RESULTS.mkdir(parents=True, exist_ok=True)

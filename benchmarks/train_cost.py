@@ -10,9 +10,11 @@ Per update: one rollout is collected once and copied into both models; each then
 ``--updates`` times (ACKTR's inverse refreshes included, so the figure is amortised), alternating the two algorithms
 ``--rounds`` times; the ratio of the medians is printed. Whole run: ``learn()`` for the same number of timesteps in a
 fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
-Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop, ACKTR's K-FAC); in ``cnn-32x20-zoo`` ACKTR uses
-the network, trust region and K-FAC settings of the zoo's Atari section instead, in ``cnn-32x20-cheap`` the same
-network with the cheapest K-FAC settings measured (each timed over at least one inverse refresh interval).
+Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureCNN, ACKTR's K-FAC and AcktrCNN); in
+``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
+Atari section, in ``cnn-32x20-zoo-whole`` the same with the statistics on the whole rollout, in ``cnn-32x20-cheap`` the
+cheapest K-FAC settings measured before the statistics could use a subset (each timed over at least one inverse refresh
+interval).
 """
 
 import argparse
@@ -33,6 +35,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
 from sb3_acktr import ACKTR, AcktrCNN
@@ -42,19 +45,22 @@ from sb3_acktr.zoo import default_hyperparameters_file
 def zoo_atari_settings() -> dict:
     """ACKTR's network, trust regions and K-FAC settings in the Atari section of the packaged hyperparameter file."""
     section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())["atari"]
-    keys = ("damping_mode", "conv_mode", "stats_update_interval", "inverse_update_interval", "vf_kl_clip")
+    keys = ("damping_mode", "conv_mode", "stats_batch_size", "stats_update_interval", "inverse_update_interval", "vf_kl_clip")
     settings = {key: section[key] for key in keys if key in section}
     return dict(settings, policy_kwargs=eval(section["policy_kwargs"], {"AcktrCNN": AcktrCNN}))
 
 
-# The cheapest K-FAC settings measured with the paper's network (the Atari section's until the fifth session).
+NATURE_CNN = dict(features_extractor_class=NatureCNN)
+
+# The cheapest K-FAC settings measured with the paper's network: reduced conv factors and factored damping, statistics
+# every 4 updates, inverses every 100 (on the whole rollout).
 CHEAP_ATARI_SETTINGS = dict(
     damping_mode="factored",
     conv_mode="reduce",
     stats_update_interval=4,
     inverse_update_interval=100,
     vf_kl_clip=None,
-    policy_kwargs=dict(features_extractor_class=AcktrCNN),
+    stats_batch_size=None,
 )
 
 
@@ -62,7 +68,17 @@ CASES: dict[str, dict[str, Any]] = {
     "cnn-16x20": dict(env="PongNoFrameskip-v4", n_envs=16, n_steps=20, policy="CnnPolicy"),
     "cnn-32x20": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy"),
     "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
+    "cnn-32x20-naturecnn": dict(
+        env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=dict(policy_kwargs=NATURE_CNN)
+    ),
     "cnn-32x20-zoo": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=zoo_atari_settings()),
+    "cnn-32x20-zoo-whole": dict(
+        env="PongNoFrameskip-v4",
+        n_envs=32,
+        n_steps=20,
+        policy="CnnPolicy",
+        acktr=dict(zoo_atari_settings(), stats_batch_size=None),
+    ),
     "cnn-32x20-cheap": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=CHEAP_ATARI_SETTINGS),
 }
 

@@ -28,7 +28,8 @@ def test_sample_efficiency_runs_resumes_and_reports(tmp_path: Path, monkeypatch:
     assert sample_efficiency.train("CartPole-v1", "acktr", 0, None).endswith("already done")
 
     sample_efficiency.report()
-    table = json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())["table"]
+    first = json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())
+    table, first_curves = first["table"], first["curves"]
     assert [(row["algo"], row["seeds"]) for row in table] == [("acktr", 1), ("a2c", 1)]
     for row in table:
         assert row["budget"] == 1_600 and row["fps_mean"] > 0
@@ -36,6 +37,14 @@ def test_sample_efficiency_runs_resumes_and_reports(tmp_path: Path, monkeypatch:
         assert row["reached"] == 0 or 0 < row["steps_mean"] <= 1_600
     assert (tmp_path / "results" / "sample_efficiency.csv").read_text().startswith("env,algo,seeds")
     assert (tmp_path / "docs" / "sample_efficiency_CartPole-v1.png").stat().st_size > 0
+
+    # The runs folder is not versioned: a report without A2C's runs keeps A2C's row and curves from the last one.
+    for path in sorted((tmp_path / "runs" / "CartPole-v1" / "a2c").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    sample_efficiency.report()
+    again = json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())
+    assert again["table"] == table
+    assert again["curves"]["CartPole-v1"]["a2c"][0]["returns"] == first_curves["CartPole-v1"]["a2c"][0]["returns"]
 
 
 @pytest.mark.parametrize("threshold, expected", [(-math.inf, 800), (math.inf, None)])

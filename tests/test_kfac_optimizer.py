@@ -10,6 +10,7 @@ from torch import nn
 
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.inverses import DampingMode
+from sb3_acktr.kfac.optimizer import all_finite, trust_region_sums
 
 
 @pytest.fixture(autouse=True)
@@ -449,3 +450,22 @@ def test_async_inverse_refresh_installs_new_inverses() -> None:
     full_update(model, optimizer, inputs, targets)  # installs it
     assert all(optimizer._inverses[block] is not first[block] for block in first)
     assert th.isfinite(parameters_vector(model)).all()
+
+
+def test_trust_region_sums_are_finite_exactly_when_directions_and_gradients_are() -> None:
+    weight, bias = th.zeros(2, 2), th.zeros(2)
+    large = th.full((2, 2), 3e38)  # <V, grad> overflows float32 but not float64
+    sums = trust_region_sums({weight: (large, large), bias: (th.ones(2), th.ones(2))}, [[weight], [bias], []])
+    assert sums == [4 * float(large[0, 0]) ** 2, 2.0, 0.0]
+    for bad in (float("nan"), float("inf")):
+        natural = th.tensor([[bad, 0.0], [0.0, 0.0]])
+        # A non-finite direction where the gradient is zero still makes the sum non-finite.
+        sums = trust_region_sums({weight: (natural, th.zeros(2, 2)), bias: (th.ones(2), th.ones(2))}, [[weight], [bias]])
+        assert not math.isfinite(sums[0]) and sums[1] == 2.0
+
+
+def test_all_finite_checks_every_element_without_float32_overflow() -> None:
+    assert all_finite([th.full((3,), 3e38), th.ones(2)])
+    assert all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not all_finite([th.ones(2), th.tensor([1.0, bad])])

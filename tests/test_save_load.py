@@ -33,6 +33,7 @@ def make_model(**kwargs) -> ACKTR:
         dict(damping_mode="factored", stats_update_interval=2),
         dict(use_sde=True),
         dict(vf_kl_clip=None),
+        dict(stats_batch_size=8),
     ],
 )
 def test_next_update_after_load_is_bit_identical(tmp_path: Path, kwargs: dict) -> None:
@@ -175,7 +176,12 @@ class StopAfter(BaseCallback):
 
 
 @pytest.mark.parametrize(
-    "env_id, kwargs", [("CartPole-v1", {}), ("Pendulum-v1", dict(use_sde=True, learning_rate=lambda p: 0.25 * p))]
+    "env_id, kwargs",
+    [
+        ("CartPole-v1", {}),
+        ("CartPole-v1", dict(stats_batch_size=5)),
+        ("Pendulum-v1", dict(use_sde=True, learning_rate=lambda p: 0.25 * p)),
+    ],
 )
 def test_checkpoint_resume_matches_uninterrupted_run(tmp_path: Path, env_id: str, kwargs: dict) -> None:
     """Crash after a mid-rollout checkpoint, resume from it: same final parameters as a run without the crash."""

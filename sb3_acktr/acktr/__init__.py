@@ -1,3 +1,4 @@
 from sb3_acktr.acktr.acktr import ACKTR
+from sb3_acktr.acktr.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
-__all__ = ["ACKTR"]
+__all__ = ["ACKTR", "CnnPolicy", "MlpPolicy", "MultiInputPolicy"]

@@ -13,13 +13,14 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution, kl_divergence
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from sb3_acktr.acktr.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_acktr.acktr.resume import RolloutStart, all_finite, capture_random_state, restore_random_state
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
@@ -64,6 +65,24 @@ def forward_actor_critic(policy: ActorCriticPolicy, obs: PyTorchObs) -> tuple[Di
     return policy._get_action_dist_from_latent(latent_pi), policy.value_net(latent_vf).flatten()
 
 
+def statistics_subset(batch_size: int, stats_batch_size: int | None, device: th.device) -> th.Tensor | None:
+    """
+    Sorted indices of ``stats_batch_size`` of the ``batch_size`` examples, drawn without replacement, on which the
+    curvature statistics are estimated, or None for the whole batch. Every example is equally likely, so the subset's
+    mean outer products are unbiased estimates of the batch's.
+    """
+    if stats_batch_size is None or stats_batch_size >= batch_size:
+        return None
+    return th.randperm(batch_size, device=device)[:stats_batch_size].sort().values
+
+
+def select_observations(obs: PyTorchObs, indices: th.Tensor) -> PyTorchObs:
+    """The observations of the examples ``indices`` (of every key, for Dict observations)."""
+    if isinstance(obs, dict):
+        return {key: value[indices] for key, value in obs.items()}
+    return obs[indices]
+
+
 def critic_only_parameters(policy: ActorCriticPolicy, observation_space: spaces.Space) -> list[th.nn.Parameter]:
     """
     The trainable parameters that the values depend on and the action distribution does not, found by autograd on
@@ -98,7 +117,8 @@ class ACKTR(OnPolicyAlgorithm):
     and critic together), a KL trust region and momentum SGD. Defaults follow OpenAI Baselines' ACKTR, except that the
     critic-only parameters get a trust region of their own (``vf_kl_clip``).
 
-    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, ...)
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, ...); ACKTR's ``CnnPolicy`` uses the
+        paper's network, :class:`~sb3_acktr.AcktrCNN` (see :class:`sb3_acktr.acktr.policies.CnnPolicy`)
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
     :param n_steps: The number of steps to run for each environment per update
@@ -125,6 +145,12 @@ class ACKTR(OnPolicyAlgorithm):
     :param damping_mode: ``"exact"`` (eigendecompositions, damping added to eigenvalue products) or
         ``"factored"`` (pi-adjusted Tikhonov damping, Cholesky inverses)
     :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
+    :param stats_batch_size: Number of the rollout's examples, drawn at random at every statistics update, on which
+        the Fisher is sampled and the Kronecker factors are estimated (TF K-FAC subsamples conv inputs the same way);
+        the gradient always uses the whole rollout. A subset gets a forward and a Fisher backward pass of its own, so
+        the statistics cost about ``stats_batch_size / (n_steps * n_envs)`` of the whole rollout's, and the running
+        averages (``stats_decay``) absorb the extra noise. ``None``, or a rollout no larger: the statistics come from the
+        whole rollout's own forward pass
     :param stats_update_interval: Update the Kronecker factors every this many updates
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
@@ -157,9 +183,9 @@ class ACKTR(OnPolicyAlgorithm):
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
-        "MlpPolicy": ActorCriticPolicy,
-        "CnnPolicy": ActorCriticCnnPolicy,
-        "MultiInputPolicy": MultiInputActorCriticPolicy,
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
     }
     policy: ActorCriticPolicy
 
@@ -181,6 +207,7 @@ class ACKTR(OnPolicyAlgorithm):
         vf_fisher_coef: float = 1.0,
         damping_mode: DampingMode = "exact",
         conv_mode: ConvMode = "expand",
+        stats_batch_size: int | None = 64,
         stats_update_interval: int = 1,
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
@@ -232,6 +259,10 @@ class ACKTR(OnPolicyAlgorithm):
                 raise ValueError(f"ACKTR does not accept policy_kwargs['{key}']: it always uses its K-FAC optimizer")
         for name, value in (("vf_coef", vf_coef), ("ent_coef", ent_coef), ("vf_fisher_coef", vf_fisher_coef)):
             check_number(name, value, 0.0, math.inf)
+        if stats_batch_size is not None and (
+            isinstance(stats_batch_size, bool) or not isinstance(stats_batch_size, int) or stats_batch_size < 2
+        ):
+            raise ValueError(f"stats_batch_size must be None or an integer of at least 2, got {stats_batch_size!r}")
         self.normalize_advantage = normalize_advantage
         self.momentum = momentum
         self.kl_clip = kl_clip
@@ -241,6 +272,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.vf_fisher_coef = vf_fisher_coef
         self.damping_mode = damping_mode
         self.conv_mode = conv_mode
+        self.stats_batch_size = stats_batch_size
         self.stats_update_interval = stats_update_interval
         self.inverse_update_interval = inverse_update_interval
         self.async_inverse = async_inverse
@@ -398,9 +430,15 @@ class ACKTR(OnPolicyAlgorithm):
                 actions = actions.long().flatten()
 
             update_statistics = kfac.statistics_due()
-            with kfac.capture_statistics(enabled=update_statistics):
-                distribution, values = forward_actor_critic(self.policy, rollout_data.observations)
+            subset = None
             if update_statistics:
+                subset = statistics_subset(len(rollout_data.advantages), self.stats_batch_size, self.device)
+            if subset is not None:
+                # Before the whole batch's forward pass: the policy reuses one distribution object for every forward.
+                self._update_statistics(select_observations(rollout_data.observations, subset))
+            with kfac.capture_statistics(enabled=update_statistics and subset is None):
+                distribution, values = forward_actor_critic(self.policy, rollout_data.observations)
+            if update_statistics and subset is None:
                 kfac.update_statistics(fisher_loss(distribution, values, self.vf_fisher_coef))
 
             log_prob = distribution.log_prob(actions)
@@ -445,6 +483,12 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         for key, value in kfac.diagnostics(per_layer=self.verbose >= 2).items():
             self.logger.record(f"kfac/{key}", value)
+
+    def _update_statistics(self, observations: PyTorchObs) -> None:
+        """Curvature statistics from a forward and a Fisher backward pass of their own over ``observations``."""
+        with self.kfac.capture_statistics():
+            distribution, values = forward_actor_critic(self.policy, observations)
+        self.kfac.update_statistics(fisher_loss(distribution, values, self.vf_fisher_coef))
 
     def _log_trust_region_split(self, actor_loss: th.Tensor, value_loss: th.Tensor) -> None:
         kfac = self.kfac

@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch as th
@@ -31,6 +31,14 @@ class BlockInverse:
     a_eigenvalues: th.Tensor | None = None
     g_eigenvalues: th.Tensor | None = None
     pi: float = 1.0
+    # Exact mode: 1 / (lg lg^T + damping), built once per refresh instead of at every step.
+    damped_eigenvalue_reciprocals: th.Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode == "exact":
+            assert self.a_eigenvalues is not None and self.g_eigenvalues is not None
+            products = self.g_eigenvalues[:, None] * self.a_eigenvalues[None, :]
+            self.damped_eigenvalue_reciprocals = 1.0 / (products + self.damping)
 
     def precondition(self, grad: th.Tensor) -> th.Tensor:
         """
@@ -39,9 +47,8 @@ class BlockInverse:
         """
         if self.mode == "factored":
             return self.g_matrix @ grad @ self.a_matrix
-        assert self.a_eigenvalues is not None and self.g_eigenvalues is not None
-        rotated = self.g_matrix.T @ grad @ self.a_matrix
-        rotated = rotated / (self.g_eigenvalues[:, None] * self.a_eigenvalues[None, :] + self.damping)
+        assert self.damped_eigenvalue_reciprocals is not None
+        rotated = self.g_matrix.T @ grad @ self.a_matrix * self.damped_eigenvalue_reciprocals
         return self.g_matrix @ rotated @ self.a_matrix.T
 
     def eigenvalue_range(self) -> tuple[float, float, float, float]:

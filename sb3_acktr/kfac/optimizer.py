@@ -74,8 +74,37 @@ def check_hyperparameters(
     _check_interval("inverse_update_interval", inverse_update_interval)
 
 
-def _inner(natural: th.Tensor, grad: th.Tensor) -> float:
-    return float((natural.double() * grad.double()).sum())
+def _inner(natural: th.Tensor, grad: th.Tensor) -> th.Tensor:
+    """``<natural, grad>`` in float64, on the tensors' device (no host round-trip)."""
+    return th.vdot(natural.flatten().double(), grad.flatten().double())
+
+
+def all_finite(tensors: Sequence[th.Tensor]) -> bool:
+    """
+    Whether every element of every tensor is finite, with one host round-trip. A float64 sum of float32 (or smaller)
+    elements cannot overflow, so it is finite exactly when they all are.
+    """
+    if not tensors:
+        return True
+    return bool(th.stack([tensor.sum(dtype=th.float64) for tensor in tensors]).sum().isfinite())
+
+
+def trust_region_sums(directions: dict[th.Tensor, tuple[th.Tensor, th.Tensor]], groups: list[list[th.Tensor]]) -> list[float]:
+    """
+    ``sum <V, grad>`` over each group of parameters, in float64 (with badly scaled rewards it can overflow float32 where
+    the step itself would not), with one host round-trip. Products of float32 numbers cannot overflow float64, so a sum
+    is finite exactly when the group's ``V`` and gradients are (a non-finite ``V`` times a zero gradient is NaN).
+
+    :param directions: ``(V, grad)`` of each parameter
+    :param groups: lists of parameters
+    """
+    sums = [
+        _inner(th.cat([directions[p][0].flatten() for p in params]), th.cat([directions[p][1].flatten() for p in params]))
+        for params in groups
+        if params
+    ]
+    values = th.stack(sums).tolist() if sums else []
+    return [values.pop(0) if params else 0.0 for params in groups]
 
 
 def _split_into_groups(params: Sequence[th.Tensor], trust_regions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -269,19 +298,21 @@ class KFAC(th.optim.Optimizer):
             self._collecting_gradients = False
         pending, self._pending, self._outputs = self._pending, {}, {}
         complete = [(block, pending[block]) for block in blocks if "G" in pending[block]]
-        if not all(bool(th.isfinite(f["A"]).all() and th.isfinite(f["G"]).all()) for _, f in complete):
+        if not all_finite([factor for _, factors in complete for factor in factors.values()]):
             self.counters["nonfinite_statistics"] += 1
             return False
-        decay = self.stats_decay
+        averages, new_factors = [], []
         for block, factors in complete:
             state = self.state[block.weight]
             if "A_average" not in state:
                 state["A_average"] = th.zeros_like(factors["A"])
                 state["G_average"] = th.zeros_like(factors["G"])
                 state["statistics_count"] = 0
-            state["A_average"].mul_(decay).add_(factors["A"], alpha=1 - decay)
-            state["G_average"].mul_(decay).add_(factors["G"], alpha=1 - decay)
             state["statistics_count"] += 1
+            averages += [state["A_average"], state["G_average"]]
+            new_factors += [factors["A"], factors["G"]]
+        th._foreach_mul_(averages, self.stats_decay)
+        th._foreach_add_(averages, new_factors, alpha=1 - self.stats_decay)
         return True
 
     def factors(self, block: KroneckerBlock) -> tuple[th.Tensor, th.Tensor] | None:
@@ -325,10 +356,12 @@ class KFAC(th.optim.Optimizer):
         if self._inverse_future is not None and self._inverse_future.done():
             self._install_inverses(*self._inverse_future.result())
             self._inverse_future = None
-        factors = {block: f for block in self.blocks if (f := self.factors(block)) is not None}
-        missing = any(block not in self._inverses for block in factors)
-        if not factors or not (missing or self.inverse_age >= self.inverse_update_interval):
+        with_statistics = [block for block in self.blocks if "A_average" in self.state.get(block.weight, {})]
+        missing = any(block not in self._inverses for block in with_statistics)
+        if not with_statistics or not (missing or self.inverse_age >= self.inverse_update_interval):
             return
+        # Debiased copies of the factors only when a refresh is due.
+        factors = {block: f for block in with_statistics if (f := self.factors(block)) is not None}
         if self.async_inverse and not missing:
             if self._inverse_future is None:
                 if self._executor is None:
@@ -370,7 +403,7 @@ class KFAC(th.optim.Optimizer):
         try:
             for param, grad in zip(params, grads, strict=True):
                 param.grad = grad
-            return sum((_inner(natural, grad) for natural, grad in self._natural_gradients().values()), 0.0)
+            return float(sum(_inner(natural, grad) for natural, grad in self._natural_gradients().values()))
         finally:
             for param, grad in zip(params, saved_grads, strict=True):
                 param.grad = grad
@@ -389,12 +422,10 @@ class KFAC(th.optim.Optimizer):
 
         directions = self._natural_gradients()
         groups = [(group, [p for p in group["params"] if p in directions]) for group in self.param_groups]
-        # In float64: with badly scaled rewards the sum can overflow float32 where the step itself would not.
-        vg_sums = [sum((_inner(*directions[p]) for p in group_params), 0.0) for _, group_params in groups]
+        vg_sums = trust_region_sums(directions, [group_params for _, group_params in groups])
         for prefix, vg_sum in zip(self._group_prefixes(), vg_sums, strict=True):
             self._last[f"{prefix}vg_sum"] = vg_sum
-        finite = all(math.isfinite(vg) for vg in vg_sums) and all(bool(th.isfinite(v).all()) for v, _ in directions.values())
-        if not finite:
+        if not all(math.isfinite(vg_sum) for vg_sum in vg_sums):
             self.counters["skipped_steps"] += 1
             self.consecutive_skipped_steps += 1
             self._last.update({f"{prefix}trust_region_scale": 0.0 for prefix in self._group_prefixes()})
@@ -406,13 +437,20 @@ class KFAC(th.optim.Optimizer):
             if lr > 0.0 and vg_sum > 0.0:
                 scale = min(1.0, math.sqrt(group["kl_clip"] / (lr**2 * vg_sum)))
             self._last[f"{prefix}trust_region_scale"] = scale
-            for param in group_params:
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = th.zeros_like(param)
-                buffer = state["momentum_buffer"]
-                buffer.mul_(momentum).add_(directions[param][0], alpha=scale)
-                param.add_(buffer, alpha=-lr * (1.0 - momentum))
+            if group_params:
+                self._momentum_step(group_params, [directions[p][0] for p in group_params], scale, lr, momentum)
+
+    def _momentum_step(
+        self, params: list[th.Tensor], naturals: list[th.Tensor], scale: float, lr: float, momentum: float
+    ) -> None:
+        """``buf = momentum * buf + scale * V``, ``p -= lr * (1 - momentum) * buf`` for all parameters at once."""
+        for param in params:
+            if "momentum_buffer" not in self.state[param]:
+                self.state[param]["momentum_buffer"] = th.zeros_like(param)
+        buffers = [self.state[param]["momentum_buffer"] for param in params]
+        th._foreach_mul_(buffers, momentum)
+        th._foreach_add_(buffers, naturals, alpha=scale)
+        th._foreach_add_(params, buffers, alpha=-lr * (1.0 - momentum))
 
     def _group_prefixes(self) -> list[str]:
         """Diagnostic key prefix of each param group: none for the first, ``name/`` for the separate trust regions."""

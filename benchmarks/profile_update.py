@@ -1,0 +1,203 @@
+"""
+Where one ACKTR update spends its time, for one case of ``train_cost.py`` (ACKTR settings overridable).
+
+    python benchmarks/profile_update.py --case cnn-32x20-zoo                      # seconds per phase of train()
+    python benchmarks/profile_update.py --case mlp-8x20 --ops                     # torch.profiler table of the ops
+    python benchmarks/profile_update.py --case cnn-32x20-zoo --set stats_batch_size=None   # whole-rollout statistics
+    python benchmarks/profile_update.py --case mlp-8x20 --syncs                   # host round-trips per train()
+    python benchmarks/profile_update.py --conv-factors                            # AcktrCNN's conv factors, two ways
+
+Phases: the wall-clock time spent in each K-FAC method and in the policy's forward passes during ``--updates``
+``train()`` calls on one collected rollout (nested phases are included in their parents: ``step`` contains the
+inverse refresh, the preconditioning, the trust-region sums and the momentum step). ``--syncs`` counts the calls
+that copy a tensor's value to Python (``item``, ``tolist``, ``float``, ``bool``, ``int``), A2C's alongside.
+``--conv-factors`` times, for the convolutions of ``AcktrCNN`` on Atari frames, the activation factor built by batched
+products summed over the batch against one product of the ``(D, B * T)`` patch matrix (what ``KroneckerBlock`` does).
+"""
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch as th
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_cost
+
+import sb3_acktr.acktr.acktr as acktr_module
+import sb3_acktr.kfac.optimizer as optimizer_module
+from sb3_acktr.kfac.optimizer import KFAC
+
+PHASES: list[tuple[Any, str, str]] = [
+    (acktr_module, "forward_actor_critic", "forward passes (with statistics capture)"),
+    (acktr_module, "fisher_loss", "Fisher loss (sampling)"),
+    (KFAC, "update_statistics", "Fisher backward and factors' averages"),
+    (th.Tensor, "backward", "loss backward"),
+    (KFAC, "step", "step"),
+    (KFAC, "_refresh_inverses", "step: inverse refresh"),
+    (KFAC, "_natural_gradients", "step: preconditioning"),
+    (optimizer_module, "trust_region_sums", "step: trust-region sums"),
+    (KFAC, "_momentum_step", "step: momentum"),
+]
+SYNC_METHODS = ("item", "tolist", "__float__", "__bool__", "__int__")
+
+
+def model_with_rollout(algo: str, case_name: str, overrides: dict[str, Any]) -> Any:
+    case = dict(train_cost.CASES[case_name])
+    case["acktr"] = dict(case.get("acktr", {}), **overrides)
+    model = train_cost.make_model(algo, case, train_cost.make_env(case))
+    callback = train_cost._Noop()
+    callback.init_callback(model)
+    model._setup_learn(case["n_envs"] * case["n_steps"], callback)
+    assert model.env is not None
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=case["n_steps"])
+    model._current_progress_remaining = 1.0
+    for _ in range(3):  # first inverses and allocations
+        model.train()
+    return model
+
+
+def wrap(owner: Any, name: str, on_call: Callable[[float], None]) -> Callable[[], None]:
+    """Replace ``owner.name`` by a timed version; return the function that restores it."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            on_call(time.perf_counter() - start)
+
+    setattr(owner, name, timed)
+    return lambda: setattr(owner, name, original)
+
+
+def phases(model: Any, n_updates: int) -> None:
+    seconds: dict[str, float] = dict.fromkeys((label for _, _, label in PHASES), 0.0)
+    restores = [wrap(owner, name, _adder(seconds, label)) for owner, name, label in PHASES]
+    try:
+        start = time.perf_counter()
+        for _ in range(n_updates):
+            model.train()
+        total = time.perf_counter() - start
+    finally:
+        for restore in restores:
+            restore()
+    print(f"train(): {1000 * total / n_updates:.2f} ms per update")
+    for _, _, label in PHASES:
+        print(f"  {label}: {1000 * seconds[label] / n_updates:.2f} ms")
+
+
+def _adder(seconds: dict[str, float], label: str) -> Callable[[float], None]:
+    def add(elapsed: float) -> None:
+        seconds[label] += elapsed
+
+    return add
+
+
+def operations(model: Any, n_updates: int) -> None:
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(n_updates):
+            model.train()
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+def syncs(model: Any, n_updates: int) -> int:
+    """Calls per ``train()`` that copy a tensor's value to Python."""
+    count = 0
+    originals = {name: getattr(th.Tensor, name) for name in SYNC_METHODS}
+
+    def counting(name: str) -> Callable[..., Any]:
+        def method(self: th.Tensor, *args: Any, **kwargs: Any) -> Any:
+            nonlocal count
+            count += 1
+            return originals[name](self, *args, **kwargs)
+
+        return method
+
+    for name in SYNC_METHODS:
+        setattr(th.Tensor, name, counting(name))
+    try:
+        for _ in range(n_updates):
+            model.train()
+    finally:
+        for name, method in originals.items():
+            setattr(th.Tensor, name, method)
+    return round(count / n_updates)
+
+
+def _median_ms(function: Callable[[], Any], rounds: int) -> float:
+    function()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _batched_products(patches: th.Tensor) -> th.Tensor:
+    return th.bmm(patches, patches.transpose(1, 2)).sum(dim=0)
+
+
+def _one_product(patches: th.Tensor) -> th.Tensor:
+    columns = patches.transpose(0, 1).reshape(patches.shape[1], -1)
+    return columns @ columns.T
+
+
+def conv_factors(batch_sizes: list[int], rounds: int) -> None:
+    """Median ms of the two ways to build the activation factors of AcktrCNN's convolutions on Atari frames."""
+    layers = [("conv1", (4, 84, 84), 8, 4), ("conv2", (32, 20, 20), 4, 2), ("conv3", (64, 9, 9), 3, 1)]
+    print("| batch | layer | D | T | unfold ms | batched products, summed ms | one product of (D, B*T) ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch_size in batch_sizes:
+        for name, shape, kernel, stride in layers:
+            inputs = th.relu(th.randn(batch_size, *shape))
+            unfold = functools.partial(F.unfold, inputs, kernel, 1, 0, stride)
+            patches = unfold()
+            _, dim, locations = patches.shape
+            batched = _median_ms(functools.partial(_batched_products, patches), rounds)
+            single = _median_ms(functools.partial(_one_product, patches), rounds)
+            print(
+                f"| {batch_size} | {name} | {dim} | {locations} | {_median_ms(unfold, rounds):.1f} | {batched:.1f} | "
+                f"{single:.1f} | {batched / single:.2f} |",
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", default="cnn-32x20-zoo", choices=list(train_cost.CASES))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ACKTR arguments (Python literals)")
+    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--ops", action="store_true", help="torch.profiler table instead of the phases")
+    parser.add_argument("--syncs", action="store_true", help="host round-trips per train(), ACKTR and A2C")
+    parser.add_argument("--conv-factors", action="store_true", help="time the conv activation factors, two ways")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[640, 64])
+    args = parser.parse_args()
+    print(f"torch {th.__version__}, {th.get_num_threads()} threads")
+    if args.conv_factors:
+        conv_factors(args.batch_sizes, rounds=5)
+        return
+    overrides = {key: eval(value) for key, value in (item.split("=", 1) for item in args.set)}
+    model = model_with_rollout("acktr", args.case, overrides)
+    print(f"case {args.case}, ACKTR overrides {overrides}, {args.updates} updates")
+    if args.syncs:
+        a2c = model_with_rollout("a2c", args.case, {})
+        print(f"host round-trips per train(): ACKTR {syncs(model, args.updates)}, A2C {syncs(a2c, args.updates)}")
+    elif args.ops:
+        operations(model, args.updates)
+    else:
+        phases(model, args.updates)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""ACKTR's policy aliases: SB3's actor-critic policies, with the paper's network for images."""
+
+from typing import Any
+
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
+
+from sb3_acktr.common.torch_layers import AcktrCNN
+
+MlpPolicy = ActorCriticPolicy
+MultiInputPolicy = MultiInputActorCriticPolicy
+
+
+class CnnPolicy(ActorCriticCnnPolicy):
+    """
+    SB3's ``ActorCriticCnnPolicy`` with :class:`~sb3_acktr.AcktrCNN` (the ACKTR paper's network) as default features
+    extractor instead of ``NatureCNN``: its fully connected layer has half the inputs, which makes the Kronecker factor
+    that dominates K-FAC's cost four times smaller. Like any extractor other than ``NatureCNN``, it is followed by SB3's
+    default 64-64 actor and critic networks. ``policy_kwargs=dict(features_extractor_class=NatureCNN)`` restores SB3's.
+
+    See ``ActorCriticCnnPolicy`` for the parameters (all but the first three by keyword).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        *,
+        features_extractor_class: type[BaseFeaturesExtractor] = AcktrCNN,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
+        )
