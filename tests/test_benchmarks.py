@@ -13,7 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import critic_curvature
 import first_reach
+import profile_update
 import sample_efficiency
+import subset_statistics
 import train_cost
 
 
@@ -112,3 +114,23 @@ def test_timesteps_to_training_return_reads_the_running_mean(tmp_path: Path, lev
     quarter = None if expected is None else expected // 4
     assert sample_efficiency.timesteps_to_training_return(tmp_path, level, frame_skip=4, episodes=2) == quarter
     assert sample_efficiency.final_training_return(tmp_path, episodes=2) == 3.5
+
+
+def test_subset_statistics_compares_subset_and_whole_rollout_factors() -> None:
+    callback = subset_statistics.run("mlp-8x20", subset_size=16, n_updates=4, report_at=[3, 4])
+    layers = {row["layer"] for row in callback.rows}
+    assert len(callback.rows) == 2 * len(layers) and "action_net" in layers
+    for row in callback.rows:
+        assert 0 < row["batch_a"] and 0 < row["averaged_a"] and 0 < row["batch_g"]
+    whole = subset_statistics.run("mlp-8x20", subset_size=10_000, n_updates=3, report_at=[3])  # the subset is everything
+    # The same examples (in another order for the averages: rounding only; G's Fisher samples are drawn anew).
+    assert all(row["batch_a"] == 0 and row["averaged_a"] < 1e-5 for row in whole.rows)
+
+
+def test_profile_update_phases_and_round_trips(capsys: pytest.CaptureFixture[str]) -> None:
+    model = profile_update.model_with_rollout("acktr", "mlp-8x20", {})
+    profile_update.phases(model, n_updates=2)
+    assert "step: preconditioning" in capsys.readouterr().out
+    # One for the statistics' finiteness, one for the trust-region sums, three losses logged (as A2C), the rest the
+    # amortised inverse refresh: before the hot-spot work it was 44.
+    assert profile_update.syncs(model, n_updates=10) <= 12
