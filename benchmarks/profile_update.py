@@ -5,14 +5,17 @@ Where one ACKTR update spends its time, for one case of ``train_cost.py`` (ACKTR
     python benchmarks/profile_update.py --case mlp-8x20 --ops                     # torch.profiler table of the ops
     python benchmarks/profile_update.py --case cnn-32x20-zoo --set stats_batch_size=None   # whole-rollout statistics
     python benchmarks/profile_update.py --case mlp-8x20 --syncs                   # host round-trips per train()
+    python benchmarks/profile_update.py --case mlp-8x20 --op-counts               # torch operations per phase
     python benchmarks/profile_update.py --conv-factors                            # AcktrCNN's conv factors, two ways
 
 Phases: the wall-clock time spent in each K-FAC method and in the policy's forward passes during ``--updates``
 ``train()`` calls on one collected rollout (nested phases are included in their parents: ``step`` contains the
 inverse refresh, the preconditioning, the trust-region sums and the momentum step). ``--syncs`` counts the calls
 that copy a tensor's value to Python (``item``, ``tolist``, ``float``, ``bool``, ``int``), A2C's alongside.
-``--conv-factors`` times, for the convolutions of ``AcktrCNN`` on Atari frames, the activation factor built by batched
-products summed over the batch against one product of the ``(D, B * T)`` patch matrix (what ``KroneckerBlock`` does).
+``--op-counts`` counts the torch operations that Python calls (``aten`` operations not called by another one), per
+innermost phase, with A2C's total: where the fixed per-operation cost of a small network goes. ``--conv-factors``
+times, for the convolutions of ``AcktrCNN`` on Atari frames, the activation factor built by batched products summed
+over the batch against one product of the ``(D, B * T)`` patch matrix (what ``KroneckerBlock`` does).
 """
 
 import argparse
@@ -26,7 +29,7 @@ from typing import Any
 
 import torch as th
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_cost
@@ -101,6 +104,40 @@ def _adder(seconds: dict[str, float], label: str) -> Callable[[float], None]:
         seconds[label] += elapsed
 
     return add
+
+
+def top_level_operations(model: Any, n_updates: int, phases: list[tuple[Any, str, str]]) -> dict[str, float]:
+    """Per ``train()``: the ``aten`` operations not called by another one, by innermost phase (``other`` outside)."""
+    restores = []
+    for owner, name, label in phases:
+        original = getattr(owner, name)
+
+        def labelled(*args: Any, _original: Any = original, _label: str = label, **kwargs: Any) -> Any:
+            with record_function(f"phase: {_label}"):
+                return _original(*args, **kwargs)
+
+        setattr(owner, name, functools.wraps(original)(labelled))
+        restores.append(functools.partial(setattr, owner, name, original))
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            for _ in range(n_updates):
+                model.train()
+    finally:
+        for restore in restores:
+            restore()
+    counts: dict[str, float] = {}
+    for event in profiler.events():
+        if not event.name.startswith("aten::"):
+            continue
+        label, parent, nested = "other", event.cpu_parent, False
+        while parent is not None:
+            nested = nested or parent.name.startswith("aten::")
+            if label == "other" and parent.name.startswith("phase: "):
+                label = parent.name.removeprefix("phase: ")
+            parent = parent.cpu_parent
+        if not nested:
+            counts[label] = counts.get(label, 0.0) + 1 / n_updates
+    return counts
 
 
 def operations(model: Any, n_updates: int) -> None:
@@ -180,6 +217,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--ops", action="store_true", help="torch.profiler table instead of the phases")
     parser.add_argument("--syncs", action="store_true", help="host round-trips per train(), ACKTR and A2C")
+    parser.add_argument("--op-counts", action="store_true", help="torch operations per phase, ACKTR and A2C")
     parser.add_argument("--conv-factors", action="store_true", help="time the conv activation factors, two ways")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[640, 64])
     args = parser.parse_args()
@@ -193,6 +231,12 @@ def main() -> None:
     if args.syncs:
         a2c = model_with_rollout("a2c", args.case, {})
         print(f"host round-trips per train(): ACKTR {syncs(model, args.updates)}, A2C {syncs(a2c, args.updates)}")
+    elif args.op_counts:
+        counts = top_level_operations(model, args.updates, PHASES)
+        for label, count in sorted(counts.items(), key=lambda item: -item[1]):
+            print(f"  {label}: {count:.0f}")
+        a2c_counts = top_level_operations(model_with_rollout("a2c", args.case, {}), args.updates, [])
+        print(f"operations per train(): ACKTR {sum(counts.values()):.0f}, A2C {sum(a2c_counts.values()):.0f}")
     elif args.ops:
         operations(model, args.updates)
     else:

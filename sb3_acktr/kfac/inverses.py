@@ -3,7 +3,7 @@
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch as th
 
@@ -18,6 +18,30 @@ NEGLIGIBLE_CURVATURE = 1e-3
 
 class InverseFailure(RuntimeError):
     """A factor could not be decomposed or inverted, in its own dtype nor in float64."""
+
+
+class KeptDirections(NamedTuple):
+    """
+    The eigenvectors of the directions of non-negligible curvature of ``A`` and ``G`` (also transposed, so that a step
+    calls fewer operations) and, for their pairs, ``1 / (lg la + damping) - 1 / damping``.
+    """
+
+    a_basis: th.Tensor
+    g_basis: th.Tensor
+    a_basis_transposed: th.Tensor
+    g_basis_transposed: th.Tensor
+    correction: th.Tensor
+
+    @classmethod
+    def of(
+        cls, a_vectors: th.Tensor, g_vectors: th.Tensor, a_values: th.Tensor, g_values: th.Tensor, damping: float
+    ) -> "KeptDirections":
+        negligible = NEGLIGIBLE_CURVATURE * damping
+        a_kept, g_kept = a_values * g_values.max() >= negligible, g_values * a_values.max() >= negligible
+        a_basis, g_basis = a_vectors[:, a_kept], g_vectors[:, g_kept]
+        products = g_values[g_kept, None] * a_values[None, a_kept]
+        correction = -products / (damping * (products + damping))
+        return cls(a_basis, g_basis, a_basis.T.contiguous(), g_basis.T.contiguous(), correction)
 
 
 @dataclass
@@ -38,28 +62,19 @@ class BlockInverse:
     a_eigenvalues: th.Tensor | None = None
     g_eigenvalues: th.Tensor | None = None
     pi: float = 1.0
-    # Exact mode, built once per refresh: the eigenvectors of the directions of non-negligible curvature and, for their
-    # pairs, 1 / (lg la + damping) - 1 / damping.
-    _a_kept: th.Tensor | None = field(default=None, init=False, repr=False)
-    _g_kept: th.Tensor | None = field(default=None, init=False, repr=False)
-    _correction: th.Tensor | None = field(default=None, init=False, repr=False)
+    # Exact mode: what a step needs, built once per refresh.
+    _kept: KeptDirections | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.mode != "exact":
-            return
-        assert self.a_eigenvalues is not None and self.g_eigenvalues is not None
-        la, lg = self.a_eigenvalues, self.g_eigenvalues
-        negligible = NEGLIGIBLE_CURVATURE * self.damping
-        a_kept, g_kept = la * lg.max() >= negligible, lg * la.max() >= negligible
-        self._a_kept, self._g_kept = self.a_matrix[:, a_kept], self.g_matrix[:, g_kept]
-        products = lg[g_kept, None] * la[None, a_kept]
-        self._correction = -products / (self.damping * (products + self.damping))
+        if self.mode == "exact":
+            assert self.a_eigenvalues is not None and self.g_eigenvalues is not None
+            self._kept = KeptDirections.of(self.a_matrix, self.g_matrix, self.a_eigenvalues, self.g_eigenvalues, self.damping)
 
     @property
     def kept_directions(self) -> tuple[int, int]:
         """Exact mode: how many eigen-directions of ``A`` and of ``G`` the preconditioning uses."""
-        assert self._a_kept is not None and self._g_kept is not None
-        return self._a_kept.shape[1], self._g_kept.shape[1]
+        assert self._kept is not None
+        return self._kept.a_basis.shape[1], self._kept.g_basis.shape[1]
 
     def precondition(self, grad: th.Tensor) -> th.Tensor:
         """
@@ -68,9 +83,10 @@ class BlockInverse:
         """
         if self.mode == "factored":
             return self.g_matrix @ grad @ self.a_matrix
-        assert self._a_kept is not None and self._g_kept is not None and self._correction is not None
-        rotated = self._g_kept.T @ grad @ self._a_kept * self._correction
-        return grad / self.damping + self._g_kept @ rotated @ self._a_kept.T
+        kept = self._kept
+        assert kept is not None
+        rotated = kept.g_basis_transposed @ grad @ kept.a_basis * kept.correction
+        return th.addmm(grad, kept.g_basis @ rotated, kept.a_basis_transposed, beta=1.0 / self.damping)
 
     def eigenvalue_range(self) -> tuple[float, float, float, float]:
         """Smallest and largest eigenvalue of ``A`` and of ``G`` (exact mode), or of the damped inverses' inputs."""
