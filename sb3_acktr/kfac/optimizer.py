@@ -79,7 +79,7 @@ def _inner(natural: th.Tensor, grad: th.Tensor) -> th.Tensor:
     return th.vdot(natural.flatten().double(), grad.flatten().double())
 
 
-def all_finite(tensors: Sequence[th.Tensor]) -> bool:
+def tensors_finite(tensors: Sequence[th.Tensor]) -> bool:
     """
     Whether every element of every tensor is finite, with one host round-trip. A float64 sum of float32 (or smaller)
     elements cannot overflow, so it is finite exactly when they all are.
@@ -298,7 +298,7 @@ class KFAC(th.optim.Optimizer):
             self._collecting_gradients = False
         pending, self._pending, self._outputs = self._pending, {}, {}
         complete = [(block, pending[block]) for block in blocks if "G" in pending[block]]
-        if not all_finite([factor for _, factors in complete for factor in factors.values()]):
+        if not tensors_finite([factor for _, factors in complete for factor in factors.values()]):
             self.counters["nonfinite_statistics"] += 1
             return False
         averages, new_factors = [], []
