@@ -3,13 +3,16 @@ How far curvature statistics on a subset of the rollout (``stats_batch_size``) m
 the whole rollout, one batch at a time and once averaged over batches.
 
     python benchmarks/subset_statistics.py                 # the zoo's Atari settings, Pong frames, 32 envs x 20, 64 examples
-    python benchmarks/subset_statistics.py --subset 160 --updates 200 --report-at 10 50 100 200
+    python benchmarks/subset_statistics.py --env BreakoutNoFrameskip-v4 --subset 160 --updates 200 --report-at 50 200
 
 ACKTR trains with the settings of a ``train_cost.py`` case, its statistics on the whole rollout. Before each update a
 second K-FAC optimizer on the same policy folds the factors of ``--subset`` random examples of the same rollout into
-running averages of its own (the same decay). At the ``--report-at`` updates, for each layer: the relative Frobenius distance
-between the two averaged factors (what the step uses), and between the factors of this one batch alone on the subset
-and on the whole rollout (what the averages absorb). The output of a run is in ``benchmarks/results/subset_statistics.txt``.
+running averages of its own (the same decay). At the ``--report-at`` updates, for each layer: the relative Frobenius
+distance between the two averaged factors (what the step uses) and between the factors of this one batch alone on the
+subset and on the whole rollout (what the averages absorb), and the ratio of ``<V, grad>`` (what the trust region
+bounds) of the layer's last gradient, preconditioned with fresh inverses of the subset's averages and of the whole
+rollout's: above 1, the subset's curvature is smaller in the gradient's directions and the trust region binds harder.
+The output of a run is in ``benchmarks/results/subset_statistics.txt``.
 """
 
 import argparse
@@ -26,11 +29,19 @@ import train_cost
 
 from sb3_acktr import ACKTR
 from sb3_acktr.acktr.acktr import fisher_loss, forward_actor_critic, select_observations, statistics_subset
-from sb3_acktr.kfac import KFAC, KroneckerBlock
+from sb3_acktr.kfac import KFAC, KroneckerBlock, compute_inverse
 
 
 def relative_distance(estimate: th.Tensor, reference: th.Tensor) -> float:
     return float(th.linalg.matrix_norm(estimate - reference) / th.linalg.matrix_norm(reference))
+
+
+def natural_gradient_inner(block: KroneckerBlock, factors: tuple[th.Tensor, th.Tensor], damping: float) -> float:
+    """``<V, grad>`` of the block's last gradient, preconditioned by fresh exact inverses of ``factors``."""
+    grad = block.gradient_matrix()
+    assert grad is not None
+    inverse, _ = compute_inverse(*factors, "exact", damping)
+    return float((inverse.precondition(grad) * grad).sum())
 
 
 class SubsetStatistics(BaseCallback):
@@ -87,6 +98,8 @@ class SubsetStatistics(BaseCallback):
                         averaged_g=relative_distance(subset[1], whole[1]),
                         batch_a=relative_distance(batch_subset[0], batch_whole[0]),
                         batch_g=relative_distance(batch_subset[1], batch_whole[1]),
+                        vg_ratio=natural_gradient_inner(block, subset, model.damping)
+                        / natural_gradient_inner(block, whole, model.damping),
                     )
                 )
             for optimizer in (one_subset, one_whole):
@@ -106,9 +119,9 @@ class SubsetStatistics(BaseCallback):
         return True
 
 
-def run(case_name: str, subset_size: int, n_updates: int, report_at: list[int]) -> SubsetStatistics:
+def run(case_name: str, subset_size: int, n_updates: int, report_at: list[int], env_id: str | None = None) -> SubsetStatistics:
     """Train with the statistics on the whole rollout, comparing them with those on subsets (see the module docstring)."""
-    case = dict(train_cost.CASES[case_name])
+    case = dict(train_cost.CASES[case_name], **({"env": env_id} if env_id else {}))
     case["acktr"] = dict(case.get("acktr", {}), stats_batch_size=None)
     model = train_cost.make_model("acktr", case, train_cost.make_env(case))
     callback = SubsetStatistics(subset_size, report_at)
@@ -119,22 +132,23 @@ def run(case_name: str, subset_size: int, n_updates: int, report_at: list[int]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="cnn-32x20-zoo", choices=list(train_cost.CASES))
+    parser.add_argument("--env", help="another environment id than the case's (of the same kind)")
     parser.add_argument("--subset", type=int, default=64)
     parser.add_argument("--updates", type=int, default=100)
     parser.add_argument("--report-at", nargs="+", type=int, default=[10, 25, 50, 100])
     args = parser.parse_args()
-    callback = run(args.case, args.subset, args.updates, args.report_at)
-    case = train_cost.CASES[args.case]
+    callback = run(args.case, args.subset, args.updates, args.report_at, args.env)
+    case = dict(train_cost.CASES[args.case], **({"env": args.env} if args.env else {}))
     batch_size = case["n_envs"] * case["n_steps"]
     print(f"{case['env']}, {batch_size} examples per rollout, statistics on {args.subset}; relative Frobenius distances")
-    print("| update | layer | averaged A | averaged G | one batch A | one batch G |")
-    print("|---|---|---|---|---|---|")
+    print("| update | layer | averaged A | averaged G | one batch A | one batch G | <V, grad> subset / whole |")
+    print("|---|---|---|---|---|---|---|")
     for row in callback.rows:
         print(
             f"| {row['update']} | {row['layer']} | {row['averaged_a']:.3f} | {row['averaged_g']:.3f} | {row['batch_a']:.3f} | "
-            f"{row['batch_g']:.3f} |"
+            f"{row['batch_g']:.3f} | {row['vg_ratio']:.2f} |"
         )
-    for key in ("averaged_a", "averaged_g", "batch_a", "batch_g"):
+    for key in ("averaged_a", "averaged_g", "batch_a", "batch_g", "vg_ratio"):
         last = [row[key] for row in callback.rows if row["update"] == max(args.report_at)]
         if last:
             print(f"median over layers at update {max(args.report_at)}, {key}: {statistics.median(last):.3f}")

@@ -9,39 +9,29 @@ import torch as th
 
 DampingMode = Literal["exact", "factored"]
 
-# Exact damping: an eigen-direction pair whose eigenvalue product is below this fraction of the damping is preconditioned
-# by the damping alone, 1 / d instead of 1 / (x + d), which is within this relative error of it. Factors are far from
-# full rank (a fully connected layer's input factor keeps 40 % of its directions on Atari), so the four products of the
-# preconditioning shrink with the directions kept.
-NEGLIGIBLE_CURVATURE = 1e-3
-
 
 class InverseFailure(RuntimeError):
     """A factor could not be decomposed or inverted, in its own dtype nor in float64."""
 
 
-class KeptDirections(NamedTuple):
+class EigenPreconditioner(NamedTuple):
     """
-    The eigenvectors of the directions of non-negligible curvature of ``A`` and ``G`` (also transposed, so that a step
-    calls fewer operations) and, for their pairs, ``1 / (lg la + damping) - 1 / damping``.
+    Exact damping, built once per refresh instead of at every step: the eigenvectors of ``A`` and ``G``, those of ``G``
+    transposed (so that a step calls fewer operations) and ``1 / (lg la^T + damping)``.
     """
 
-    a_basis: th.Tensor
-    g_basis: th.Tensor
-    a_basis_transposed: th.Tensor
-    g_basis_transposed: th.Tensor
-    correction: th.Tensor
+    a_vectors: th.Tensor
+    g_vectors: th.Tensor
+    g_vectors_transposed: th.Tensor
+    a_vectors_transposed: th.Tensor
+    damped_reciprocals: th.Tensor
 
     @classmethod
     def of(
         cls, a_vectors: th.Tensor, g_vectors: th.Tensor, a_values: th.Tensor, g_values: th.Tensor, damping: float
-    ) -> "KeptDirections":
-        negligible = NEGLIGIBLE_CURVATURE * damping
-        a_kept, g_kept = a_values * g_values.max() >= negligible, g_values * a_values.max() >= negligible
-        a_basis, g_basis = a_vectors[:, a_kept], g_vectors[:, g_kept]
-        products = g_values[g_kept, None] * a_values[None, a_kept]
-        correction = -products / (damping * (products + damping))
-        return cls(a_basis, g_basis, a_basis.T.contiguous(), g_basis.T.contiguous(), correction)
+    ) -> "EigenPreconditioner":
+        reciprocals = 1.0 / (g_values[:, None] * a_values[None, :] + damping)
+        return cls(a_vectors, g_vectors, g_vectors.T.contiguous(), a_vectors.T.contiguous(), reciprocals)
 
 
 @dataclass
@@ -50,9 +40,8 @@ class BlockInverse:
     What preconditioning one block needs, computed from its factors ``A`` (input side) and ``G`` (output side).
 
     ``exact`` damping keeps the eigendecompositions ``A = Qa diag(la) Qa^T``, ``G = Qg diag(lg) Qg^T`` and applies
-    ``(G (x) A + damping I)^-1`` exactly, but for eigen-direction pairs of negligible curvature (``lg la`` below
-    ``NEGLIGIBLE_CURVATURE * damping``), which get ``1 / damping`` (within that relative error). ``factored`` damping
-    keeps ``(A + pi sqrt(d) I)^-1`` and ``(G + sqrt(d) / pi I)^-1`` (Martens & Grosse, 2015, section 6.3).
+    ``(G (x) A + damping I)^-1`` exactly. ``factored`` damping keeps ``(A + pi sqrt(d) I)^-1`` and
+    ``(G + sqrt(d) / pi I)^-1`` (Martens & Grosse, 2015, section 6.3).
     """
 
     mode: DampingMode
@@ -62,19 +51,14 @@ class BlockInverse:
     a_eigenvalues: th.Tensor | None = None
     g_eigenvalues: th.Tensor | None = None
     pi: float = 1.0
-    # Exact mode: what a step needs, built once per refresh.
-    _kept: KeptDirections | None = field(default=None, init=False, repr=False)
+    _eigen: EigenPreconditioner | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode == "exact":
             assert self.a_eigenvalues is not None and self.g_eigenvalues is not None
-            self._kept = KeptDirections.of(self.a_matrix, self.g_matrix, self.a_eigenvalues, self.g_eigenvalues, self.damping)
-
-    @property
-    def kept_directions(self) -> tuple[int, int]:
-        """Exact mode: how many eigen-directions of ``A`` and of ``G`` the preconditioning uses."""
-        assert self._kept is not None
-        return self._kept.a_basis.shape[1], self._kept.g_basis.shape[1]
+            self._eigen = EigenPreconditioner.of(
+                self.a_matrix, self.g_matrix, self.a_eigenvalues, self.g_eigenvalues, self.damping
+            )
 
     def precondition(self, grad: th.Tensor) -> th.Tensor:
         """
@@ -83,10 +67,10 @@ class BlockInverse:
         """
         if self.mode == "factored":
             return self.g_matrix @ grad @ self.a_matrix
-        kept = self._kept
-        assert kept is not None
-        rotated = kept.g_basis_transposed @ grad @ kept.a_basis * kept.correction
-        return th.addmm(grad, kept.g_basis @ rotated, kept.a_basis_transposed, beta=1.0 / self.damping)
+        eigen = self._eigen
+        assert eigen is not None
+        rotated = eigen.g_vectors_transposed @ grad @ eigen.a_vectors * eigen.damped_reciprocals
+        return eigen.g_vectors @ rotated @ eigen.a_vectors_transposed
 
     def eigenvalue_range(self) -> tuple[float, float, float, float]:
         """Smallest and largest eigenvalue of ``A`` and of ``G`` (exact mode), or of the damped inverses' inputs."""
