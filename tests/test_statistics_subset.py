@@ -11,7 +11,7 @@ from torch import nn
 
 import sb3_acktr.acktr.acktr as acktr_module
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.acktr.acktr import AUTO_STATS_BATCH_SIZE, select_observations, statistics_subset
+from sb3_acktr.acktr.acktr import select_observations, statistics_subset
 from sb3_acktr.kfac import KroneckerBlock
 
 
@@ -113,14 +113,16 @@ def test_subset_statistics_on_dict_observations_and_cnn() -> None:
         assert not any(model.kfac.counters.values())
 
 
-def test_auto_subsamples_the_statistics_of_convolutional_policies_only() -> None:
-    image_model = ACKTR("CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36), n_steps=8)
-    assert image_model.stats_batch_size == "auto" and image_model._stats_batch_size() == AUTO_STATS_BATCH_SIZE
-    assert ACKTR("MlpPolicy", "CartPole-v1")._stats_batch_size() is None
-    assert ACKTR("MlpPolicy", "CartPole-v1", stats_batch_size=16)._stats_batch_size() == 16
+def test_statistics_use_the_whole_rollout_by_default() -> None:
+    model = rollout_model(make_vec_env("CartPole-v1", n_envs=2, seed=0))
+    assert model.stats_batch_size is None
+    calls = []
+    model._update_statistics = lambda observations: calls.append(observations)  # type: ignore[method-assign]
+    model.train()
+    assert not calls and model.kfac.state[model.kfac.blocks[0].weight]["statistics_count"] == 2
 
 
-@pytest.mark.parametrize("value", [0, 1, 2.5, True, "all"])
+@pytest.mark.parametrize("value", [0, 1, 2.5, True, "auto"])
 def test_invalid_stats_batch_size_is_named(value) -> None:
     with pytest.raises(ValueError, match="stats_batch_size"):
         ACKTR("MlpPolicy", "CartPole-v1", stats_batch_size=value)

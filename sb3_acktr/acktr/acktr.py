@@ -4,7 +4,7 @@ import math
 import pathlib
 import warnings
 from collections.abc import Iterable
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch as th
 from gymnasium import spaces
@@ -30,9 +30,6 @@ from sb3_acktr.kfac.optimizer import check_hyperparameters, check_number
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
 DEFAULT_VF_KL_CLIP = 0.001
-
-# Examples of the rollout on which stats_batch_size="auto" estimates the curvature of a policy with convolutions.
-AUTO_STATS_BATCH_SIZE = 64
 
 # Updates skipped in a row for a non-finite gradient before training stops with an explanation.
 MAX_CONSECUTIVE_SKIPPED_UPDATES = 10
@@ -152,10 +149,9 @@ class ACKTR(OnPolicyAlgorithm):
         the Fisher is sampled and the Kronecker factors are estimated (TF K-FAC subsamples conv inputs the same way);
         the gradient always uses the whole rollout. A subset gets a forward and a Fisher backward pass of its own, so
         the statistics cost about ``stats_batch_size / (n_steps * n_envs)`` of the whole rollout's, and the running
-        averages (``stats_decay``) absorb the extra noise. ``None``, or a rollout no larger: the statistics come from the
-        whole rollout's own forward pass. ``"auto"``: 64 when K-FAC covers a convolution (whose statistics grow with
-        the examples' output locations and dominate the update), ``None`` otherwise (the statistics of small fully
-        connected layers cost per operation, not per example, so a subset would only add noise)
+        averages (``stats_decay``) are meant to absorb the extra noise. ``None``, or a rollout no larger: the statistics
+        come from the whole rollout's own forward pass. A trade of learning for cost: on Breakout, 64 of 640 examples
+        made an update 2.6x cheaper and learned more slowly than A2C (see ``docs/cost.md``)
     :param stats_update_interval: Update the Kronecker factors every this many updates
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
@@ -212,7 +208,7 @@ class ACKTR(OnPolicyAlgorithm):
         vf_fisher_coef: float = 1.0,
         damping_mode: DampingMode = "exact",
         conv_mode: ConvMode = "expand",
-        stats_batch_size: int | Literal["auto"] | None = "auto",
+        stats_batch_size: int | None = None,
         stats_update_interval: int = 1,
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
@@ -264,10 +260,10 @@ class ACKTR(OnPolicyAlgorithm):
                 raise ValueError(f"ACKTR does not accept policy_kwargs['{key}']: it always uses its K-FAC optimizer")
         for name, value in (("vf_coef", vf_coef), ("ent_coef", ent_coef), ("vf_fisher_coef", vf_fisher_coef)):
             check_number(name, value, 0.0, math.inf)
-        if stats_batch_size not in (None, "auto") and (
+        if stats_batch_size is not None and (
             isinstance(stats_batch_size, bool) or not isinstance(stats_batch_size, int) or stats_batch_size < 2
         ):
-            raise ValueError(f"stats_batch_size must be 'auto', None or an integer of at least 2, got {stats_batch_size!r}")
+            raise ValueError(f"stats_batch_size must be None or an integer of at least 2, got {stats_batch_size!r}")
         self.normalize_advantage = normalize_advantage
         self.momentum = momentum
         self.kl_clip = kl_clip
@@ -437,7 +433,7 @@ class ACKTR(OnPolicyAlgorithm):
             update_statistics = kfac.statistics_due()
             subset = None
             if update_statistics:
-                subset = statistics_subset(len(rollout_data.advantages), self._stats_batch_size(), self.device)
+                subset = statistics_subset(len(rollout_data.advantages), self.stats_batch_size, self.device)
             if subset is not None:
                 # Before the whole batch's forward pass: the policy reuses one distribution object for every forward.
                 self._update_statistics(select_observations(rollout_data.observations, subset))
@@ -488,12 +484,6 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         for key, value in kfac.diagnostics(per_layer=self.verbose >= 2).items():
             self.logger.record(f"kfac/{key}", value)
-
-    def _stats_batch_size(self) -> int | None:
-        """``stats_batch_size``, with ``"auto"`` resolved for this policy."""
-        if self.stats_batch_size == "auto":
-            return AUTO_STATS_BATCH_SIZE if any(block.is_conv for block in self.kfac.blocks) else None
-        return self.stats_batch_size
 
     def _update_statistics(self, observations: PyTorchObs) -> None:
         """Curvature statistics from a forward and a Fisher backward pass of their own over ``observations``."""
