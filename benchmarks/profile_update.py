@@ -3,7 +3,7 @@ Where one ACKTR update spends its time, for one case of ``train_cost.py`` (ACKTR
 
     python benchmarks/profile_update.py --case cnn-32x20-zoo                      # seconds per phase of train()
     python benchmarks/profile_update.py --case mlp-8x20 --ops                     # torch.profiler table of the ops
-    python benchmarks/profile_update.py --case cnn-32x20-zoo --set stats_batch_size=None   # whole-rollout statistics
+    python benchmarks/profile_update.py --case cnn-32x20-zoo --set stats_batch_size=64     # statistics on 64 examples
     python benchmarks/profile_update.py --case mlp-8x20 --syncs                   # host round-trips per train()
     python benchmarks/profile_update.py --case mlp-8x20 --op-counts               # torch operations per phase
     python benchmarks/profile_update.py --conv-factors                            # AcktrCNN's conv factors, two ways

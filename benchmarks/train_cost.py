@@ -12,9 +12,9 @@ Per update: one rollout is collected once and copied into both models; each then
 fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureCNN, ACKTR's K-FAC and AcktrCNN); in
 ``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
-Atari section, in ``cnn-32x20-zoo-whole`` the same with the statistics on the whole rollout, in ``cnn-32x20-cheap`` the
-cheapest K-FAC settings measured before the statistics could use a subset (each timed over at least one inverse refresh
-interval).
+Atari section, in ``cnn-32x20-zoo-64`` the same with the statistics on 64 examples of the rollout, in
+``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses every 100 (each
+timed over at least one inverse refresh interval).
 """
 
 import argparse
@@ -60,7 +60,6 @@ CHEAP_ATARI_SETTINGS = dict(
     stats_update_interval=4,
     inverse_update_interval=100,
     vf_kl_clip=None,
-    stats_batch_size=None,
 )
 
 
@@ -72,12 +71,12 @@ CASES: dict[str, dict[str, Any]] = {
         env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=dict(policy_kwargs=NATURE_CNN)
     ),
     "cnn-32x20-zoo": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=zoo_atari_settings()),
-    "cnn-32x20-zoo-whole": dict(
+    "cnn-32x20-zoo-64": dict(
         env="PongNoFrameskip-v4",
         n_envs=32,
         n_steps=20,
         policy="CnnPolicy",
-        acktr=dict(zoo_atari_settings(), stats_batch_size=None),
+        acktr=dict(zoo_atari_settings(), stats_batch_size=64),
     ),
     "cnn-32x20-cheap": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=CHEAP_ATARI_SETTINGS),
 }
