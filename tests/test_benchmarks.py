@@ -132,5 +132,5 @@ def test_profile_update_phases_and_round_trips(capsys: pytest.CaptureFixture[str
     profile_update.phases(model, n_updates=2)
     assert "step: preconditioning" in capsys.readouterr().out
     # One for the statistics' finiteness, one for the trust-region sums, three losses logged (as A2C), the rest the
-    # amortised inverse refresh: before the hot-spot work it was 44.
+    # amortised inverse refresh (a float() and an isfinite per parameter and per factor would make it 44).
     assert profile_update.syncs(model, n_updates=10) <= 12
