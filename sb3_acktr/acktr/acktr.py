@@ -151,7 +151,7 @@ class ACKTR(OnPolicyAlgorithm):
         the statistics cost about ``stats_batch_size / (n_steps * n_envs)`` of the whole rollout's, and the running
         averages (``stats_decay``) are meant to absorb the extra noise. ``None``, or a rollout no larger: the statistics
         come from the whole rollout's own forward pass. A trade of learning for cost: on Breakout, 64 of 640 examples
-        made an update 2.6x cheaper and learned more slowly than A2C (see ``docs/cost.md``)
+        made an update 3x cheaper and learned more slowly than A2C (see ``docs/cost.md``)
     :param stats_update_interval: Update the Kronecker factors every this many updates
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
