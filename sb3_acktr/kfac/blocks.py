@@ -86,8 +86,8 @@ class KroneckerBlock:
         """
         if self.is_conv:
             patches = self.patches(inputs)  # (B, D, T)
-            # Expanded: the (D, B, T) copy and one product are 2-6x faster than batched products summed over the batch,
-            # whose (B, D, D) result is larger than the patches themselves for deep layers.
+            # Expanded: the (D, B, T) copy and one product beat batched products summed over the batch (1.2-4.8x on
+            # AcktrCNN's layers), whose (B, D, D) result is larger than the patches themselves for deep layers.
             source = patches.mean(dim=2).T if self.conv_mode == "reduce" else patches.transpose(0, 1)
         else:
             source = inputs.reshape(-1, inputs.shape[-1]).T
