@@ -437,9 +437,10 @@ class ACKTR(OnPolicyAlgorithm):
             if subset is not None:
                 # Before the whole batch's forward pass: the policy reuses one distribution object for every forward.
                 self._update_statistics(select_observations(rollout_data.observations, subset))
-            with kfac.capture_statistics(enabled=update_statistics and subset is None):
+            statistics_from_this_pass = update_statistics and subset is None
+            with kfac.capture_statistics(enabled=statistics_from_this_pass):
                 distribution, values = forward_actor_critic(self.policy, rollout_data.observations)
-            if update_statistics and subset is None:
+            if statistics_from_this_pass:
                 kfac.update_statistics(fisher_loss(distribution, values, self.vf_fisher_coef))
 
             log_prob = distribution.log_prob(actions)

@@ -16,14 +16,12 @@ class InverseFailure(RuntimeError):
 
 class EigenPreconditioner(NamedTuple):
     """
-    Exact damping, built once per refresh instead of at every step: the eigenvectors of ``A`` and ``G``, those of ``G``
+    What exact damping derives from the eigendecompositions once per refresh instead of at every step: the eigenvectors
     transposed (so that a step calls fewer operations) and ``1 / (lg la^T + damping)``.
     """
 
-    a_vectors: th.Tensor
-    g_vectors: th.Tensor
-    g_vectors_transposed: th.Tensor
     a_vectors_transposed: th.Tensor
+    g_vectors_transposed: th.Tensor
     damped_reciprocals: th.Tensor
 
     @classmethod
@@ -31,7 +29,7 @@ class EigenPreconditioner(NamedTuple):
         cls, a_vectors: th.Tensor, g_vectors: th.Tensor, a_values: th.Tensor, g_values: th.Tensor, damping: float
     ) -> "EigenPreconditioner":
         reciprocals = 1.0 / (g_values[:, None] * a_values[None, :] + damping)
-        return cls(a_vectors, g_vectors, g_vectors.T.contiguous(), a_vectors.T.contiguous(), reciprocals)
+        return cls(a_vectors.T.contiguous(), g_vectors.T.contiguous(), reciprocals)
 
 
 @dataclass
@@ -69,8 +67,8 @@ class BlockInverse:
             return self.g_matrix @ grad @ self.a_matrix
         eigen = self._eigen
         assert eigen is not None
-        rotated = eigen.g_vectors_transposed @ grad @ eigen.a_vectors * eigen.damped_reciprocals
-        return eigen.g_vectors @ rotated @ eigen.a_vectors_transposed
+        rotated = eigen.g_vectors_transposed @ grad @ self.a_matrix * eigen.damped_reciprocals
+        return self.g_matrix @ rotated @ eigen.a_vectors_transposed
 
     def eigenvalue_range(self) -> tuple[float, float, float, float]:
         """Smallest and largest eigenvalue of ``A`` and of ``G`` (exact mode), or of the damped inverses' inputs."""

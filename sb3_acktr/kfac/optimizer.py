@@ -103,8 +103,8 @@ def trust_region_sums(directions: dict[th.Tensor, tuple[th.Tensor, th.Tensor]], 
         for params in groups
         if params
     ]
-    values = th.stack(sums).tolist() if sums else []
-    return [values.pop(0) if params else 0.0 for params in groups]
+    values = iter(th.stack(sums).tolist() if sums else [])
+    return [next(values) if params else 0.0 for params in groups]
 
 
 def _split_into_groups(params: Sequence[th.Tensor], trust_regions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -403,7 +403,8 @@ class KFAC(th.optim.Optimizer):
         try:
             for param, grad in zip(params, grads, strict=True):
                 param.grad = grad
-            return float(sum(_inner(natural, grad) for natural, grad in self._natural_gradients().values()))
+            directions = self._natural_gradients()
+            return trust_region_sums(directions, [list(directions)])[0]
         finally:
             for param, grad in zip(params, saved_grads, strict=True):
                 param.grad = grad
