@@ -20,10 +20,10 @@ over the batch against one product of the ``(D, B * T)`` patch matrix (what ``Kr
 
 import argparse
 import functools
-import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_cost
+from kfac_update_cost import median_seconds
 
 import sb3_acktr.acktr.acktr as acktr_module
 import sb3_acktr.kfac.optimizer as optimizer_module
@@ -67,64 +68,57 @@ def model_with_rollout(algo: str, case_name: str, overrides: dict[str, Any]) -> 
     return model
 
 
-def wrap(owner: Any, name: str, on_call: Callable[[float], None]) -> Callable[[], None]:
-    """Replace ``owner.name`` by a timed version; return the function that restores it."""
-    original = getattr(owner, name)
+@contextmanager
+def wrapped(methods: list[tuple[Any, str, str]], around: Callable[[str], AbstractContextManager[Any]]) -> Iterator[None]:
+    """Inside this context, every call of ``owner.name`` runs inside ``around(label)``, for each ``(owner, name, label)``."""
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in methods]
+    for (owner, name, original), (_, _, label) in zip(originals, methods, strict=True):
+        setattr(owner, name, _run_inside(original, label, around))
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
 
+
+def _run_inside(original: Callable[..., Any], label: str, around: Callable[[str], AbstractContextManager[Any]]) -> Any:
     @functools.wraps(original)
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
+    def method(*args: Any, **kwargs: Any) -> Any:
+        with around(label):
             return original(*args, **kwargs)
-        finally:
-            on_call(time.perf_counter() - start)
 
-    setattr(owner, name, timed)
-    return lambda: setattr(owner, name, original)
+    return method
 
 
 def phases(model: Any, n_updates: int) -> None:
     seconds: dict[str, float] = dict.fromkeys((label for _, _, label in PHASES), 0.0)
-    restores = [wrap(owner, name, _adder(seconds, label)) for owner, name, label in PHASES]
-    try:
+
+    @contextmanager
+    def timed(label: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds[label] += time.perf_counter() - start
+
+    with wrapped(PHASES, timed):
         start = time.perf_counter()
         for _ in range(n_updates):
             model.train()
         total = time.perf_counter() - start
-    finally:
-        for restore in restores:
-            restore()
     print(f"train(): {1000 * total / n_updates:.2f} ms per update")
     for _, _, label in PHASES:
         print(f"  {label}: {1000 * seconds[label] / n_updates:.2f} ms")
 
 
-def _adder(seconds: dict[str, float], label: str) -> Callable[[float], None]:
-    def add(elapsed: float) -> None:
-        seconds[label] += elapsed
-
-    return add
-
-
 def top_level_operations(model: Any, n_updates: int, phases: list[tuple[Any, str, str]]) -> dict[str, float]:
     """Per ``train()``: the ``aten`` operations not called by another one, by innermost phase (``other`` outside)."""
-    restores = []
-    for owner, name, label in phases:
-        original = getattr(owner, name)
-
-        def labelled(*args: Any, _original: Any = original, _label: str = label, **kwargs: Any) -> Any:
-            with record_function(f"phase: {_label}"):
-                return _original(*args, **kwargs)
-
-        setattr(owner, name, functools.wraps(original)(labelled))
-        restores.append(functools.partial(setattr, owner, name, original))
-    try:
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
-            for _ in range(n_updates):
-                model.train()
-    finally:
-        for restore in restores:
-            restore()
+    with (
+        wrapped(phases, lambda label: record_function(f"phase: {label}")),
+        profile(activities=[ProfilerActivity.CPU]) as profiler,
+    ):
+        for _ in range(n_updates):
+            model.train()
     counts: dict[str, float] = {}
     for event in profiler.events():
         if not event.name.startswith("aten::"):
@@ -150,35 +144,21 @@ def operations(model: Any, n_updates: int) -> None:
 def syncs(model: Any, n_updates: int) -> int:
     """Calls per ``train()`` that copy a tensor's value to Python."""
     count = 0
-    originals = {name: getattr(th.Tensor, name) for name in SYNC_METHODS}
 
-    def counting(name: str) -> Callable[..., Any]:
-        def method(self: th.Tensor, *args: Any, **kwargs: Any) -> Any:
-            nonlocal count
-            count += 1
-            return originals[name](self, *args, **kwargs)
+    @contextmanager
+    def counted(_: str) -> Iterator[None]:
+        nonlocal count
+        count += 1
+        yield
 
-        return method
-
-    for name in SYNC_METHODS:
-        setattr(th.Tensor, name, counting(name))
-    try:
+    with wrapped([(th.Tensor, name, name) for name in SYNC_METHODS], counted):
         for _ in range(n_updates):
             model.train()
-    finally:
-        for name, method in originals.items():
-            setattr(th.Tensor, name, method)
     return round(count / n_updates)
 
 
 def _median_ms(function: Callable[[], Any], rounds: int) -> float:
-    function()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(function, rounds, warmup=1)
 
 
 def _batched_products(patches: th.Tensor) -> th.Tensor:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.type_aliases import PyTorchObs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_cost
@@ -62,10 +63,9 @@ class SubsetStatistics(BaseCallback):
         assert isinstance(model, ACKTR)
         return KFAC(model.policy, stats_decay=stats_decay, damping_mode=model.damping_mode, conv_mode=model.conv_mode)
 
-    def _statistics(self, optimizer: KFAC, indices: th.Tensor | None) -> None:
+    def _statistics(self, optimizer: KFAC, observations: PyTorchObs, indices: th.Tensor | None) -> None:
         model = self.model
         assert isinstance(model, ACKTR)
-        observations = model.policy.obs_to_tensor(model.rollout_buffer.swap_and_flatten(model.rollout_buffer.observations))[0]
         if indices is not None:
             observations = select_observations(observations, indices)
         with optimizer.capture_statistics():
@@ -77,14 +77,16 @@ class SubsetStatistics(BaseCallback):
         assert isinstance(model, ACKTR)
         batch_size = model.n_steps * model.n_envs
         update = model._n_updates + 1
+        buffer = model.rollout_buffer
+        observations = model.policy.obs_to_tensor(buffer.swap_and_flatten(buffer.observations))[0]
         if update in self.report_at:
             # Both averages hold the batches of the updates before this one; then this batch alone (decay 0).
             averaged = [
                 (model.kfac.factors(mine), self.averaged.factors(theirs)) for mine, theirs in self._pairs(self.averaged)
             ]
             one_subset, one_whole = self._optimizer(0.0), self._optimizer(0.0)
-            self._statistics(one_subset, statistics_subset(batch_size, self.subset_size, model.device))
-            self._statistics(one_whole, None)
+            self._statistics(one_subset, observations, statistics_subset(batch_size, self.subset_size, model.device))
+            self._statistics(one_whole, observations, None)
             for (block, _), (whole, subset), (_, batch_whole), (_, batch_subset) in zip(
                 self._pairs(one_whole), averaged, self._factor_pairs(one_whole), self._factor_pairs(one_subset), strict=True
             ):
@@ -104,7 +106,7 @@ class SubsetStatistics(BaseCallback):
                 )
             for optimizer in (one_subset, one_whole):
                 optimizer.remove_hooks()
-        self._statistics(self.averaged, statistics_subset(batch_size, self.subset_size, model.device))
+        self._statistics(self.averaged, observations, statistics_subset(batch_size, self.subset_size, model.device))
 
     def _pairs(self, optimizer: KFAC) -> list[tuple[KroneckerBlock, KroneckerBlock]]:
         """The training optimizer's blocks with the same layers' blocks of ``optimizer``."""
