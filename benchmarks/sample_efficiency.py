@@ -4,6 +4,8 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
 
     python benchmarks/sample_efficiency.py run --env CartPole-v1 --seeds 0 1 2 3 4     # resumable: done runs are kept
     python benchmarks/sample_efficiency.py report                                      # table, JSON, CSV and plots
+    python benchmarks/sample_efficiency.py run --env BreakoutNoFrameskip-v4 --algos acktr --seeds 0 \
+        --params stats_batch_size:160 --runs benchmarks/results/runs/_variants/stats_batch_size_160   # other settings
 
 ``run`` trains every (algorithm, seed) with ``python -m sb3_acktr.zoo train`` in a subprocess, in parallel
 (``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S``. The zoo's EvalCallback writes
@@ -50,13 +52,16 @@ TASKS: dict[str, dict[str, float]] = {
 ALGOS = ("acktr", "a2c", "ppo")
 
 
-def run_directory(env_id: str, algo: str, seed: int) -> Path:
-    return RUNS / env_id / algo / f"seed_{seed}"
+def run_directory(env_id: str, algo: str, seed: int, runs: Path | None = None) -> Path:
+    return (runs or RUNS) / env_id / algo / f"seed_{seed}"
 
 
-def train(env_id: str, algo: str, seed: int, budget: int | None) -> str:
+def train(
+    env_id: str, algo: str, seed: int, budget: int | None, params: list[str] | None = None, runs: Path | None = None
+) -> str:
+    """One zoo run; ``params`` (``KEY:VALUE``, rl-zoo3's ``-params``) override the section's hyperparameters."""
     task = TASKS[env_id]
-    directory = run_directory(env_id, algo, seed)
+    directory = run_directory(env_id, algo, seed, runs)
     if (directory / "done.json").is_file():
         return f"{env_id} {algo} seed {seed}: already done"
     directory.mkdir(parents=True, exist_ok=True)
@@ -67,6 +72,8 @@ def train(env_id: str, algo: str, seed: int, budget: int | None) -> str:
         "--eval-episodes", str(int(task["eval_episodes"])), "--n-eval-envs", "1", "--verbose", "0",
     ]  # fmt: skip
     command += hyperparameters_option(env_id, algo, directory)
+    if params:
+        command += ["-params", *params]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.time()
     with open(directory / "train.log", "w") as log:
@@ -319,12 +326,17 @@ def main() -> None:
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     run.add_argument("--budget", type=int, help="timesteps per run (default: the task's)")
     run.add_argument("--jobs", type=int, default=2)
+    run.add_argument("--params", nargs="+", help="KEY:VALUE hyperparameters overriding the sections (rl-zoo3's -params)")
+    run.add_argument("--runs", type=Path, help=f"folder of the runs (default: {RUNS.relative_to(ROOT)}; report reads that one)")
     commands.add_parser("report", help="aggregate the finished runs")
     args = parser.parse_args()
     if args.command == "report":
         report()
         return
-    jobs = [(args.env, algo, seed, args.budget) for seed in args.seeds for algo in args.algos]
+    if args.params and args.runs is None:
+        parser.error("--params needs --runs: the default folder holds the sections' runs, which report aggregates")
+    runs = args.runs.resolve() if args.runs else None
+    jobs = [(args.env, algo, seed, args.budget, args.params, runs) for seed in args.seeds for algo in args.algos]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for message in pool.map(lambda job: train(*job), jobs):
             print(message, flush=True)

@@ -1,12 +1,15 @@
 """
-How far curvature statistics on a subset of the rollout (``stats_batch_size``) move the Kronecker factors from those of
-the whole rollout, one batch at a time and once averaged over batches.
+How far curvature statistics on a subset of the rollout (``stats_batch_size``) or on a sample of the convolutions'
+patches (``patches_per_feature``) move the Kronecker factors from those of the whole rollout, one batch at a time and
+once averaged over batches.
 
     python benchmarks/subset_statistics.py                 # the zoo's Atari settings, Pong frames, 32 envs x 20, 64 examples
     python benchmarks/subset_statistics.py --env BreakoutNoFrameskip-v4 --subset 160 --updates 200 --report-at 50 200
+    python benchmarks/subset_statistics.py --env BreakoutNoFrameskip-v4 --subset 0 --patches-per-feature 8
 
-ACKTR trains with the settings of a ``train_cost.py`` case, its statistics on the whole rollout. Before each update a
-second K-FAC optimizer on the same policy folds the factors of ``--subset`` random examples of the same rollout into
+ACKTR trains with the settings of a ``train_cost.py`` case, its statistics on the whole rollout and every patch. Before
+each update a second K-FAC optimizer on the same policy folds the factors of ``--subset`` random examples (0: all) of
+the same rollout, with the conv input factors from ``--patches-per-feature`` patches per feature (default: all), into
 running averages of its own (the same decay). At the ``--report-at`` updates, for each layer: the relative Frobenius
 distance between the two averaged factors (what the step uses) and between the factors of this one batch alone on the
 subset and on the whole rollout (what the averages absorb), and the ratio of ``<V, grad>`` (what the trust region
@@ -48,20 +51,27 @@ def natural_gradient_inner(block: KroneckerBlock, factors: tuple[th.Tensor, th.T
 class SubsetStatistics(BaseCallback):
     """Before each update, the rollout's factors on a random subset, averaged by an optimizer of its own."""
 
-    def __init__(self, subset_size: int, report_at: list[int]) -> None:
+    def __init__(self, subset_size: int | None, patches_per_feature: int | None, report_at: list[int]) -> None:
         super().__init__()
         self.subset_size = subset_size
+        self.patches_per_feature = patches_per_feature
         self.report_at = set(report_at)
         self.rows: list[dict[str, Any]] = []
 
     def _on_training_start(self) -> None:
         assert isinstance(self.model, ACKTR)
-        self.averaged = self._optimizer(self.model.stats_decay)
+        self.averaged = self._optimizer(self.model.stats_decay, self.patches_per_feature)
 
-    def _optimizer(self, stats_decay: float) -> KFAC:
+    def _optimizer(self, stats_decay: float, patches_per_feature: int | None) -> KFAC:
         model = self.model
         assert isinstance(model, ACKTR)
-        return KFAC(model.policy, stats_decay=stats_decay, damping_mode=model.damping_mode, conv_mode=model.conv_mode)
+        return KFAC(
+            model.policy,
+            stats_decay=stats_decay,
+            damping_mode=model.damping_mode,
+            conv_mode=model.conv_mode,
+            patches_per_feature=patches_per_feature,
+        )
 
     def _statistics(self, optimizer: KFAC, observations: PyTorchObs, indices: th.Tensor | None) -> None:
         model = self.model
@@ -84,7 +94,7 @@ class SubsetStatistics(BaseCallback):
             averaged = [
                 (model.kfac.factors(mine), self.averaged.factors(theirs)) for mine, theirs in self._pairs(self.averaged)
             ]
-            one_subset, one_whole = self._optimizer(0.0), self._optimizer(0.0)
+            one_subset, one_whole = self._optimizer(0.0, self.patches_per_feature), self._optimizer(0.0, None)
             self._statistics(one_subset, observations, statistics_subset(batch_size, self.subset_size, model.device))
             self._statistics(one_whole, observations, None)
             for (block, _), (whole, subset), (_, batch_whole), (_, batch_subset) in zip(
@@ -121,12 +131,19 @@ class SubsetStatistics(BaseCallback):
         return True
 
 
-def run(case_name: str, subset_size: int, n_updates: int, report_at: list[int], env_id: str | None = None) -> SubsetStatistics:
+def run(
+    case_name: str,
+    subset_size: int | None,
+    n_updates: int,
+    report_at: list[int],
+    env_id: str | None = None,
+    patches_per_feature: int | None = None,
+) -> SubsetStatistics:
     """Train with the statistics on the whole rollout, comparing them with those on subsets (see the module docstring)."""
     case = dict(train_cost.CASES[case_name], **({"env": env_id} if env_id else {}))
-    case["acktr"] = dict(case.get("acktr", {}), stats_batch_size=None)
+    case["acktr"] = dict(case.get("acktr", {}), stats_batch_size=None, patches_per_feature=None)
     model = train_cost.make_model("acktr", case, train_cost.make_env(case))
-    callback = SubsetStatistics(subset_size, report_at)
+    callback = SubsetStatistics(subset_size, patches_per_feature, report_at)
     model.learn(n_updates * case["n_envs"] * case["n_steps"], callback=callback)
     return callback
 
@@ -135,14 +152,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="cnn-32x20-zoo", choices=list(train_cost.CASES))
     parser.add_argument("--env", help="another environment id than the case's (of the same kind)")
-    parser.add_argument("--subset", type=int, default=64)
+    parser.add_argument("--subset", type=int, default=64, help="examples (0: the whole rollout)")
+    parser.add_argument("--patches-per-feature", type=int, help="patches drawn per input feature of each convolution")
     parser.add_argument("--updates", type=int, default=100)
     parser.add_argument("--report-at", nargs="+", type=int, default=[10, 25, 50, 100])
     args = parser.parse_args()
-    callback = run(args.case, args.subset, args.updates, args.report_at, args.env)
+    subset = args.subset or None
+    callback = run(args.case, subset, args.updates, args.report_at, args.env, args.patches_per_feature)
     case = dict(train_cost.CASES[args.case], **({"env": args.env} if args.env else {}))
     batch_size = case["n_envs"] * case["n_steps"]
-    print(f"{case['env']}, {batch_size} examples per rollout, statistics on {args.subset}; relative Frobenius distances")
+    patches = f"{args.patches_per_feature} patches per feature" if args.patches_per_feature else "every patch"
+    print(
+        f"{case['env']}, {batch_size} examples per rollout, statistics on {subset or batch_size}, conv input factors from "
+        f"{patches}; relative Frobenius distances"
+    )
     print("| update | layer | averaged A | averaged G | one batch A | one batch G | <V, grad> subset / whole |")
     print("|---|---|---|---|---|---|---|")
     for row in callback.rows:

@@ -12,7 +12,8 @@ Per update: one rollout is collected once and copied into both models; each then
 fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureCNN, ACKTR's K-FAC and AcktrCNN); in
 ``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
-Atari section, in ``cnn-32x20-zoo-64`` the same with the statistics on 64 examples of the rollout, in
+Atari section, in ``cnn-32x20-zoo-every-patch`` the same with the convolutions' input factors from every patch (no
+sampling), in ``cnn-32x20-zoo-64`` the same with the statistics on 64 examples of the rollout, in
 ``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses every 100 (each
 timed over at least one inverse refresh interval).
 """
@@ -45,7 +46,15 @@ from sb3_acktr.zoo import default_hyperparameters_file
 def zoo_atari_settings() -> dict:
     """ACKTR's network, trust regions and K-FAC settings in the Atari section of the packaged hyperparameter file."""
     section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())["atari"]
-    keys = ("damping_mode", "conv_mode", "stats_batch_size", "stats_update_interval", "inverse_update_interval", "vf_kl_clip")
+    keys = (
+        "damping_mode",
+        "conv_mode",
+        "patches_per_feature",
+        "stats_batch_size",
+        "stats_update_interval",
+        "inverse_update_interval",
+        "vf_kl_clip",
+    )
     settings = {key: section[key] for key in keys if key in section}
     return dict(settings, policy_kwargs=eval(section["policy_kwargs"], {"AcktrCNN": AcktrCNN}))
 
@@ -71,6 +80,13 @@ CASES: dict[str, dict[str, Any]] = {
         env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=dict(policy_kwargs=NATURE_CNN)
     ),
     "cnn-32x20-zoo": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=zoo_atari_settings()),
+    "cnn-32x20-zoo-every-patch": dict(
+        env="PongNoFrameskip-v4",
+        n_envs=32,
+        n_steps=20,
+        policy="CnnPolicy",
+        acktr=dict(zoo_atari_settings(), patches_per_feature=None),
+    ),
     "cnn-32x20-zoo-64": dict(
         env="PongNoFrameskip-v4",
         n_envs=32,

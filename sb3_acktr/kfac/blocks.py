@@ -19,6 +19,9 @@ Conventions (see the README, section "K-FAC conventions"):
   independent of the batch size. The ``"reduce"`` mode (Eschenhagen et al., 2023) instead averages the
   patches of an example and sums its output gradients before taking outer products; it is exact when all
   the patches of an example are equal and needs a ``T``-times smaller product for ``A``.
+* A convolution's ``A`` (expand mode) may be estimated from a random sample of its ``B * T`` patches, drawn without
+  replacement, every patch equally likely: an unbiased estimate of the mean over all of them (TF K-FAC's patch
+  subsampling). Its cost no longer grows with the batch, and ``G`` still comes from every example.
 """
 
 from typing import Literal, cast
@@ -52,14 +55,25 @@ class KroneckerBlock:
     :param name: qualified name of the module (for messages and diagnostics)
     :param module: the ``nn.Linear`` or ``nn.Conv2d`` layer
     :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
+    :param patches_per_feature: in expand mode, estimate a convolution's ``A`` from at most this many patches per
+        input feature (``C * kh * kw`` features), drawn at random from all the batch's patches; None: all of them
     """
 
-    def __init__(self, name: str, module: nn.Linear | nn.Conv2d, conv_mode: ConvMode = "expand") -> None:
+    def __init__(
+        self,
+        name: str,
+        module: nn.Linear | nn.Conv2d,
+        conv_mode: ConvMode = "expand",
+        patches_per_feature: int | None = None,
+    ) -> None:
         if not is_supported_layer(module):
             raise ValueError(f"Layer '{name}' ({module}) cannot be modelled by K-FAC")
         self.name = name
         self.module = module
         self.conv_mode = conv_mode
+        self.max_patches: int | None = None
+        if isinstance(module, nn.Conv2d) and conv_mode == "expand" and patches_per_feature is not None:
+            self.max_patches = patches_per_feature * module.weight[0].numel()
         self.weight: th.Tensor = module.weight
         # A frozen bias is a constant of the layer, not a coordinate of the block.
         self.bias: th.Tensor | None = module.bias if module.bias is not None and module.bias.requires_grad else None
@@ -79,12 +93,45 @@ class KroneckerBlock:
         padding = cast(tuple[int, int], conv.padding)  # never a string: see is_supported_layer
         return F.unfold(inputs, conv.kernel_size, conv.dilation, padding, conv.stride)
 
+    def sampled_patches(self, inputs: th.Tensor, n_patches: int) -> th.Tensor:
+        """
+        ``n_patches`` of the batch's ``B * T`` convolution patches, drawn without replacement, as the columns of a
+        ``(C * kh * kw, n_patches)`` matrix (rows ordered like :meth:`patches`). Only the drawn patches are copied.
+        """
+        conv = self.module
+        assert isinstance(conv, nn.Conv2d)
+        (pad_h, pad_w), (dil_h, dil_w) = cast(tuple[int, int], conv.padding), conv.dilation
+        (kernel_h, kernel_w), (stride_h, stride_w) = conv.kernel_size, conv.stride
+        if pad_h or pad_w:
+            inputs = F.pad(inputs, (pad_w, pad_w, pad_h, pad_h))
+        # A view (B, C, T_h, T_w, kh, kw) of the windows: nothing is copied until the drawn ones are gathered.
+        windows = inputs.unfold(2, dil_h * (kernel_h - 1) + 1, stride_h).unfold(3, dil_w * (kernel_w - 1) + 1, stride_w)
+        windows = windows[..., ::dil_h, ::dil_w]
+        batch_size, _, height, width = windows.shape[:4]
+        drawn = th.randperm(batch_size * height * width, device=inputs.device)[:n_patches]
+        patches = windows[drawn // (height * width), :, drawn // width % height, drawn % width]  # (n_patches, C, kh, kw)
+        return patches.reshape(n_patches, -1).T
+
+    def n_patches(self, inputs: th.Tensor) -> int:
+        """``B * T``: the number of patches of a convolution's input batch."""
+        conv = self.module
+        assert isinstance(conv, nn.Conv2d)
+        padding = cast(tuple[int, int], conv.padding)
+        positions = 1
+        for size, pad, dilation, kernel, stride in zip(
+            inputs.shape[2:], padding, conv.dilation, conv.kernel_size, conv.stride, strict=True
+        ):
+            positions *= (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+        return inputs.shape[0] * positions
+
     def _activation_columns(self, inputs: th.Tensor) -> th.Tensor:
         """
         The activation rows as the columns of one ``(D [+ 1], rows)`` matrix, with a last row of ones when the layer
         has a bias (the homogeneous coordinate), so that a single matrix product gives the whole factor.
         """
-        if self.is_conv:
+        if self.is_conv and self.max_patches is not None and self.max_patches < self.n_patches(inputs):
+            source = self.sampled_patches(inputs, self.max_patches)
+        elif self.is_conv:
             patches = self.patches(inputs)  # (B, D, T)
             # Expanded: the (D, B, T) copy and one product beat batched products summed over the batch (1.2-4.8x on
             # AcktrCNN's layers), whose (B, D, D) result is larger than the patches themselves for deep layers.

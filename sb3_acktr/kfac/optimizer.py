@@ -60,6 +60,7 @@ def check_hyperparameters(
     conv_mode: str,
     stats_update_interval: int,
     inverse_update_interval: int,
+    patches_per_feature: int | None = None,
 ) -> None:
     """Raise a ``ValueError`` or ``TypeError`` naming the first invalid K-FAC hyperparameter."""
     check_number("momentum", momentum, 0.0, 1.0, high_open=True)
@@ -72,6 +73,8 @@ def check_hyperparameters(
         raise ValueError(f"conv_mode must be 'expand' or 'reduce', got {conv_mode!r}")
     _check_interval("stats_update_interval", stats_update_interval)
     _check_interval("inverse_update_interval", inverse_update_interval)
+    if patches_per_feature is not None:
+        _check_interval("patches_per_feature", patches_per_feature)
 
 
 def _inner(natural: th.Tensor, grad: th.Tensor) -> th.Tensor:
@@ -154,6 +157,8 @@ class KFAC(th.optim.Optimizer):
     :param stats_decay: decay of the running averages of the factors (zero-debiased, as in kfac-jax)
     :param damping_mode: ``"exact"`` (eigendecompositions) or ``"factored"`` (pi-adjusted, Cholesky inverses)
     :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
+    :param patches_per_feature: in expand mode, estimate each convolution's input factor from at most this many of
+        the batch's patches per input feature (``in_channels * kh * kw``), drawn at random; None: from every patch
     :param stats_update_interval: update the factors every this many steps
     :param inverse_update_interval: refresh the inverses every this many steps
     :param async_inverse: refresh the inverses in a background thread; the step keeps the previous inverses until
@@ -173,6 +178,7 @@ class KFAC(th.optim.Optimizer):
         stats_decay: float = 0.99,
         damping_mode: DampingMode = "exact",
         conv_mode: ConvMode = "expand",
+        patches_per_feature: int | None = 4,
         stats_update_interval: int = 1,
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
@@ -188,6 +194,7 @@ class KFAC(th.optim.Optimizer):
             conv_mode=conv_mode,
             stats_update_interval=stats_update_interval,
             inverse_update_interval=inverse_update_interval,
+            patches_per_feature=patches_per_feature,
         )
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -207,7 +214,7 @@ class KFAC(th.optim.Optimizer):
         for name, module in model.named_modules():
             trainable = module.weight.requires_grad if isinstance(module, (nn.Linear, nn.Conv2d)) else False
             if is_supported_layer(module) and trainable:
-                block = KroneckerBlock(name or type(module).__name__, module, conv_mode)
+                block = KroneckerBlock(name or type(module).__name__, module, conv_mode, patches_per_feature)
                 self.blocks.append(block)
                 self._hooks.append(module.register_forward_hook(partial(self._record_input, block)))
         covered = {id(p) for block in self.blocks for p in block.parameters}
