@@ -327,7 +327,9 @@ def main() -> None:
     run.add_argument("--budget", type=int, help="timesteps per run (default: the task's)")
     run.add_argument("--jobs", type=int, default=2)
     run.add_argument("--params", nargs="+", help="KEY:VALUE hyperparameters overriding the sections (rl-zoo3's -params)")
-    run.add_argument("--runs", type=Path, help=f"folder of the runs (default: {RUNS.relative_to(ROOT)}; report reads that one)")
+    run.add_argument(
+        "--runs", type=Path, help=f"folder of the runs (default: {RUNS.relative_to(ROOT)}; report reads that one)"
+    )
     commands.add_parser("report", help="aggregate the finished runs")
     args = parser.parse_args()
     if args.command == "report":
