@@ -327,7 +327,7 @@ def test_cached_inverses_equal_fresh_ones_at_refresh_steps() -> None:
         directions[interval] = []
         for _ in range(4):
             full_update(model, optimizer, inputs, targets)
-            directions[interval].append(th.cat([v.reshape(-1) for v, _ in optimizer._natural_gradients().values()]))
+            directions[interval].append(th.cat([d.natural.reshape(-1) for d in optimizer._natural_gradients()]))
     assert th.equal(directions[1][0], directions[3][0])
     assert not th.allclose(directions[1][1], directions[3][1])
     assert th.equal(directions[1][3], directions[3][3])
@@ -453,14 +453,14 @@ def test_async_inverse_refresh_installs_new_inverses() -> None:
 
 
 def test_trust_region_sums_are_finite_exactly_when_directions_and_gradients_are() -> None:
-    weight, bias = th.zeros(2, 2), th.zeros(2)
     large = th.full((2, 2), 3e38)  # <V, grad> overflows float32 but not float64
-    sums = trust_region_sums({weight: (large, large), bias: (th.ones(2), th.ones(2))}, [[weight], [bias], []])
-    assert sums == [4 * float(large[0, 0]) ** 2, 2.0, 0.0]
+    ones = th.ones(2)
+    sums = trust_region_sums([[(large, large), (ones, ones)], [(ones, ones)], []])
+    assert sums == [4 * float(large[0, 0]) ** 2 + 2.0, 2.0, 0.0]
     for bad in (float("nan"), float("inf")):
         natural = th.tensor([[bad, 0.0], [0.0, 0.0]])
         # A non-finite direction where the gradient is zero still makes the sum non-finite.
-        sums = trust_region_sums({weight: (natural, th.zeros(2, 2)), bias: (th.ones(2), th.ones(2))}, [[weight], [bias]])
+        sums = trust_region_sums([[(natural, th.zeros(2, 2))], [(ones, ones)]])
         assert not math.isfinite(sums[0]) and sums[1] == 2.0
 
 

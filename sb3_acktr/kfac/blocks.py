@@ -137,7 +137,9 @@ class KroneckerBlock:
             # AcktrCNN's layers), whose (B, D, D) result is larger than the patches themselves for deep layers.
             source = patches.mean(dim=2).T if self.conv_mode == "reduce" else patches.transpose(0, 1)
         else:
+            # One operation instead of four: the small layers' statistics cost per operation, not per element.
             source = inputs.reshape(-1, inputs.shape[-1]).T
+            return source if self.bias is None else F.pad(source, (0, 0, 0, 1), value=1.0)
         n_features = source.shape[0]
         columns = source.new_empty(n_features + int(self.bias is not None), *source.shape[1:])
         columns[:n_features] = source

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch as th
 from torch import nn
@@ -77,37 +77,46 @@ def check_hyperparameters(
         _check_interval("patches_per_feature", patches_per_feature)
 
 
-def _inner(natural: th.Tensor, grad: th.Tensor) -> th.Tensor:
-    """``<natural, grad>`` in float64, on the tensors' device (no host round-trip)."""
-    return th.vdot(natural.flatten().double(), grad.flatten().double())
-
-
 def tensors_finite(tensors: Sequence[th.Tensor]) -> bool:
     """
-    Whether every element of every tensor is finite, with one host round-trip. A float64 sum of float32 (or smaller)
+    Whether every element of every tensor is finite, with one host round-trip. The float64 norm of float32 (or smaller)
     elements cannot overflow, so it is finite exactly when they all are.
     """
     if not tensors:
         return True
-    return bool(th.stack([tensor.sum(dtype=th.float64) for tensor in tensors]).sum().isfinite())
+    return bool(th.stack(th._foreach_norm(list(tensors), 2, dtype=th.float64)).sum().isfinite())
 
 
-def trust_region_sums(directions: dict[th.Tensor, tuple[th.Tensor, th.Tensor]], groups: list[list[th.Tensor]]) -> list[float]:
+class Direction(NamedTuple):
     """
-    ``sum <V, grad>`` over each group of parameters, in float64 (with badly scaled rewards it can overflow float32 where
-    the step itself would not), with one host round-trip. Products of float32 numbers cannot overflow float64, so a sum
-    is finite exactly when the group's ``V`` and gradients are (a non-finite ``V`` times a zero gradient is NaN).
+    The step direction ``V`` and the gradient of the parameters of one block (as its matrix ``M``), or of one parameter
+    that no block covers (``block`` None, ``V`` the gradient itself).
+    """
 
-    :param directions: ``(V, grad)`` of each parameter
-    :param groups: lists of parameters
+    params: list[th.Tensor]
+    natural: th.Tensor
+    grad: th.Tensor
+    block: KroneckerBlock | None = None
+
+    def naturals(self) -> list[th.Tensor]:
+        """``V`` of each parameter, shaped like it."""
+        return self.block.split_matrix(self.natural) if self.block is not None else [self.natural]
+
+
+def trust_region_sums(groups: Sequence[Sequence[tuple[th.Tensor, th.Tensor]]]) -> list[float]:
+    """
+    ``sum <V, grad>`` over each group of ``(V, grad)`` pairs, in float64 (with badly scaled rewards it can overflow
+    float32 where the step itself would not), with one host round-trip. Products of float32 numbers cannot overflow
+    float64, so a sum is finite exactly when the group's ``V`` and gradients are (a non-finite ``V`` times a zero
+    gradient is NaN).
     """
     sums = [
-        _inner(th.cat([directions[p][0].flatten() for p in params]), th.cat([directions[p][1].flatten() for p in params]))
-        for params in groups
-        if params
+        th.vdot(th.cat([v.flatten() for v, _ in pairs]).double(), th.cat([g.flatten() for _, g in pairs]).double())
+        for pairs in groups
+        if pairs
     ]
     values = iter(th.stack(sums).tolist() if sums else [])
-    return [next(values) if params else 0.0 for params in groups]
+    return [next(values) if pairs else 0.0 for pairs in groups]
 
 
 def _split_into_groups(params: Sequence[th.Tensor], trust_regions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -379,23 +388,21 @@ class KFAC(th.optim.Optimizer):
         self._install_inverses(*self._timed_inverses(factors, damping))
 
     # ------------------------------------------------------------------ step
-    def _natural_gradients(self) -> dict[th.Tensor, tuple[th.Tensor, th.Tensor]]:
-        """Map each parameter with a gradient to ``(V, grad)``: preconditioned where a block covers it, raw otherwise."""
-        directions: dict[th.Tensor, tuple[th.Tensor, th.Tensor]] = {}
+    def _natural_gradients(self) -> list[Direction]:
+        """The directions of every block with a gradient (preconditioned when it has inverses) and of every other parameter."""
+        directions, covered = [], set()
         for block in self.blocks:
             grad = block.gradient_matrix()
             if grad is None:
                 continue
             inverse = self._inverses.get(block)
             natural = inverse.precondition(grad) if inverse is not None else grad
-            for param, p_natural, p_grad in zip(
-                block.parameters, block.split_matrix(natural), block.split_matrix(grad), strict=True
-            ):
-                directions[param] = (p_natural, p_grad)
+            directions.append(Direction(block.parameters, natural, grad, block))
+            covered.update(block.parameters)
         for group in self.param_groups:
             for param in group["params"]:
-                if param.grad is not None and param not in directions:
-                    directions[param] = (param.grad, param.grad)
+                if param.grad is not None and param not in covered:
+                    directions.append(Direction([param], param.grad, param.grad))
         return directions
 
     def natural_gradient_inner(self, loss: th.Tensor) -> float:
@@ -410,8 +417,7 @@ class KFAC(th.optim.Optimizer):
         try:
             for param, grad in zip(params, grads, strict=True):
                 param.grad = grad
-            directions = self._natural_gradients()
-            return trust_region_sums(directions, [list(directions)])[0]
+            return trust_region_sums([[(d.natural, d.grad) for d in self._natural_gradients()]])[0]
         finally:
             for param, grad in zip(params, saved_grads, strict=True):
                 param.grad = grad
@@ -428,9 +434,11 @@ class KFAC(th.optim.Optimizer):
         self.n_steps += 1
         self.inverse_age += 1
 
-        directions = self._natural_gradients()
-        groups = [(group, [p for p in group["params"] if p in directions]) for group in self.param_groups]
-        vg_sums = trust_region_sums(directions, [group_params for _, group_params in groups])
+        group_of = {param: index for index, group in enumerate(self.param_groups) for param in group["params"]}
+        directions: list[list[Direction]] = [[] for _ in self.param_groups]
+        for direction in self._natural_gradients():
+            directions[group_of[direction.params[0]]].append(direction)  # a block lies within one group
+        vg_sums = trust_region_sums([[(d.natural, d.grad) for d in group_directions] for group_directions in directions])
         for prefix, vg_sum in zip(self._group_prefixes(), vg_sums, strict=True):
             self._last[f"{prefix}vg_sum"] = vg_sum
         if not all(math.isfinite(vg_sum) for vg_sum in vg_sums):
@@ -439,14 +447,18 @@ class KFAC(th.optim.Optimizer):
             self._last.update({f"{prefix}trust_region_scale": 0.0 for prefix in self._group_prefixes()})
             return
         self.consecutive_skipped_steps = 0
-        for prefix, (group, group_params), vg_sum in zip(self._group_prefixes(), groups, vg_sums, strict=True):
+        for prefix, group, group_directions, vg_sum in zip(
+            self._group_prefixes(), self.param_groups, directions, vg_sums, strict=True
+        ):
             lr, momentum = group["lr"], group["momentum"]
             scale = 1.0
             if lr > 0.0 and vg_sum > 0.0:
                 scale = min(1.0, math.sqrt(group["kl_clip"] / (lr**2 * vg_sum)))
             self._last[f"{prefix}trust_region_scale"] = scale
-            if group_params:
-                self._momentum_step(group_params, [directions[p][0] for p in group_params], scale, lr, momentum)
+            if group_directions:
+                params = [param for direction in group_directions for param in direction.params]
+                naturals = [natural for direction in group_directions for natural in direction.naturals()]
+                self._momentum_step(params, naturals, scale, lr, momentum)
 
     def _momentum_step(
         self, params: list[th.Tensor], naturals: list[th.Tensor], scale: float, lr: float, momentum: float
