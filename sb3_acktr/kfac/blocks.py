@@ -162,7 +162,7 @@ class KroneckerBlock:
         :return: ``A``, the mean outer product of the activation rows (with the homogeneous coordinate if biased)
         """
         columns = self._activation_columns(inputs)
-        return columns @ columns.T / columns.shape[1]
+        return F.linear(columns, columns) / columns.shape[1]  # columns @ columns.T in one operation
 
     def gradient_factor(self, output_grad: th.Tensor) -> th.Tensor:
         """
@@ -176,14 +176,15 @@ class KroneckerBlock:
         """The gradient as the matrix ``M`` of shape ``(out, in [+ 1])``, or None when the weight has no gradient."""
         if self.weight.grad is None:
             return None
-        grad = self.weight.grad.reshape(self.weight.shape[0], -1)
+        grad = self.weight.grad if self.weight.dim() == 2 else self.weight.grad.reshape(self.weight.shape[0], -1)
         if self.bias is not None:
             bias_grad = self.bias.grad if self.bias.grad is not None else th.zeros_like(self.bias)
-            grad = th.cat([grad, bias_grad.reshape(-1, 1)], dim=1)
+            grad = th.column_stack([grad, bias_grad])
         return grad
 
     def split_matrix(self, matrix: th.Tensor) -> list[th.Tensor]:
         """Inverse of :meth:`gradient_matrix`: one tensor per parameter, shaped like it."""
-        if self.bias is None:
-            return [matrix.reshape(self.weight.shape)]
-        return [matrix[:, :-1].reshape(self.weight.shape), matrix[:, -1].reshape(self.bias.shape)]
+        weight = matrix if self.bias is None else matrix[:, :-1]
+        if self.weight.dim() != 2:  # a convolution's (out, C, kh, kw); a linear layer's is already shaped
+            weight = weight.reshape(self.weight.shape)
+        return [weight] if self.bias is None else [weight, matrix[:, -1]]
