@@ -14,6 +14,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_acktr import ACKTR
+from sb3_acktr.kfac import compute_inverse
 
 
 def parameters_vector(model: ACKTR) -> th.Tensor:
@@ -208,3 +209,94 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path: Path, env_id: str
 
     assert resumed.num_timesteps == uninterrupted.num_timesteps
     assert th.equal(parameters_vector(resumed), parameters_vector(uninterrupted))
+
+
+def small_model(policy: str, **kwargs) -> ACKTR:
+    env: Any = FakeImageEnv(screen_height=36, screen_width=36) if policy == "CnnPolicy" else make_vec_env("Pendulum-v1", 2)
+    model = ACKTR(policy, env, n_steps=4, seed=0, inverse_update_interval=2, **kwargs)
+    model.set_logger(Logger(None, []))
+    return model.learn(model.n_steps * model.n_envs * 3)
+
+
+def load_with(tmp_path: Path, model: ACKTR, **kwargs) -> ACKTR:
+    model.save(tmp_path / "acktr")
+    loaded = ACKTR.load(tmp_path / "acktr", env=model.get_env(), **kwargs)
+    loaded.set_logger(Logger(None, []))
+    return loaded
+
+
+@pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])
+@pytest.mark.parametrize("saved_mode, loaded_mode", [("exact", "factored"), ("factored", "exact")])
+def test_load_with_another_damping_mode_recomputes_the_inverses(tmp_path: Path, policy: str, saved_mode, loaded_mode) -> None:
+    model = small_model(policy, damping_mode=saved_mode)
+    with pytest.warns(UserWarning, match=f"recomputing them with damping_mode='{loaded_mode}'"):
+        loaded = load_with(tmp_path, model, damping_mode=loaded_mode)
+    kfac = loaded.kfac
+    assert kfac.damping_mode == loaded_mode and len(kfac._inverses) == len(kfac.blocks)
+    for block in kfac.blocks:
+        factors = kfac.factors(block)
+        assert factors is not None
+        expected, _ = compute_inverse(*factors, loaded_mode, kfac.param_groups[0]["damping"])
+        grad = th.randn(block.weight.shape[0], factors[0].shape[0])
+        assert th.allclose(kfac._inverses[block].precondition(grad), expected.precondition(grad))
+    loaded.learn(4 * loaded.n_envs * 2)
+    assert not any(kfac.counters.values())
+
+
+@pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])
+def test_load_with_another_stats_decay_keeps_the_averages_debiased(tmp_path: Path, policy: str) -> None:
+    model = small_model(policy, stats_decay=0.99)
+    loaded = load_with(tmp_path, model, stats_decay=0.5)
+    assert loaded.kfac.stats_decay == 0.5
+    for block, loaded_block in zip(model.kfac.blocks, loaded.kfac.blocks, strict=True):
+        original, restored = model.kfac.factors(block), loaded.kfac.factors(loaded_block)
+        assert original is not None and restored is not None
+        assert th.allclose(original[0], restored[0]) and th.allclose(original[1], restored[1])
+    # One more batch weighs half of the average with the new decay.
+    block = loaded.kfac.blocks[-1]
+    state = loaded.kfac.state[block.weight]
+    average, weight = state["A_average"].clone(), state["statistics_weight"]
+    loaded.rollout_buffer = copy.deepcopy(model.rollout_buffer)
+    loaded.train()
+    batch = (state["A_average"] - 0.5 * average) / 0.5
+    factors = loaded.kfac.factors(block)
+    assert factors is not None
+    assert th.allclose(factors[0], (0.5 * average + 0.5 * batch) / (0.5 * weight + 0.5))
+
+
+def test_load_with_another_conv_mode_estimates_the_convolutions_anew(tmp_path: Path) -> None:
+    model = small_model("CnnPolicy", conv_mode="expand")
+    with pytest.warns(UserWarning, match="conv_mode='expand'"):
+        loaded = load_with(tmp_path, model, conv_mode="reduce")
+    kfac = loaded.kfac
+    assert all(block.conv_mode == "reduce" for block in kfac.blocks)
+    assert [kfac.factors(block) is None for block in kfac.blocks] == [block.is_conv for block in kfac.blocks]
+    assert [block in kfac._inverses for block in kfac.blocks] == [not block.is_conv for block in kfac.blocks]
+    loaded.learn(4 * 2, reset_num_timesteps=False)
+    assert all(kfac.factors(block) is not None and block in kfac._inverses for block in kfac.blocks)
+    assert not any(kfac.counters.values())
+
+
+@pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(damping=0.05),
+        dict(patches_per_feature=None),
+        dict(stats_update_interval=3),
+        dict(inverse_update_interval=5),
+        dict(momentum=0.5),
+        dict(kl_clip=0.002),
+    ],
+)
+def test_other_kfac_arguments_given_to_load_take_effect(tmp_path: Path, policy: str, kwargs: dict) -> None:
+    loaded = load_with(tmp_path, small_model(policy), **kwargs)
+    loaded.learn(4 * loaded.n_envs * 3, reset_num_timesteps=False)
+    kfac, (name, value) = loaded.kfac, next(iter(kwargs.items()))
+    if name in ("damping", "momentum", "kl_clip"):
+        assert kfac.param_groups[0][name] == value
+    elif name == "patches_per_feature":
+        assert all(block.max_patches is None for block in kfac.blocks)
+    else:
+        assert getattr(kfac, name) == value
+    assert not any(kfac.counters.values())

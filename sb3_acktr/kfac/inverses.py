@@ -88,6 +88,11 @@ class BlockInverse:
             out["g_eigenvalues"] = self.g_eigenvalues
         return out
 
+    @staticmethod
+    def saved_mode(tensors: dict[str, th.Tensor]) -> DampingMode:
+        """The damping mode of inverses saved by :meth:`tensors`: exact damping keeps the eigenvalues."""
+        return "exact" if "a_eigenvalues" in tensors else "factored"
+
     @classmethod
     def from_tensors(cls, mode: DampingMode, damping: float, tensors: dict[str, th.Tensor]) -> "BlockInverse":
         return cls(

@@ -16,6 +16,7 @@ Usage, once per update::
 import math
 import numbers
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -214,6 +215,7 @@ class KFAC(th.optim.Optimizer):
 
         self.stats_decay = stats_decay
         self.damping_mode: DampingMode = damping_mode
+        self.conv_mode: ConvMode = conv_mode
         self.stats_update_interval = stats_update_interval
         self.inverse_update_interval = inverse_update_interval
         self.async_inverse = async_inverse
@@ -324,7 +326,11 @@ class KFAC(th.optim.Optimizer):
                 state["A_average"] = th.zeros_like(factors["A"])
                 state["G_average"] = th.zeros_like(factors["G"])
                 state["statistics_count"] = 0
+                state["statistics_weight"] = 0.0
             state["statistics_count"] += 1
+            # The weight of all batches in the average, 1 - decay^count while the decay stays: it debiases the average
+            # correctly when the decay changes (a model loaded with another stats_decay).
+            state["statistics_weight"] = self.stats_decay * state["statistics_weight"] + 1.0 - self.stats_decay
             averages += [state["A_average"], state["G_average"]]
             new_factors += [factors["A"], factors["G"]]
         th._foreach_mul_(averages, self.stats_decay)
@@ -336,8 +342,8 @@ class KFAC(th.optim.Optimizer):
         state = self.state.get(block.weight, {})
         if "A_average" not in state:
             return None
-        correction = 1.0 - self.stats_decay ** state["statistics_count"]
-        return state["A_average"] / correction, state["G_average"] / correction
+        weight = state["statistics_weight"]
+        return state["A_average"] / weight, state["G_average"] / weight
 
     # ------------------------------------------------------------------ inverses
     def _compute_inverses(
@@ -519,7 +525,12 @@ class KFAC(th.optim.Optimizer):
         for block, inverse in self._inverses.items():
             self.state[block.weight]["inverse"] = inverse.tensors()
         state = super().state_dict()
-        state["kfac"] = {"n_steps": self.n_steps, "inverse_age": self.inverse_age, "counters": dict(self.counters)}
+        state["kfac"] = {
+            "n_steps": self.n_steps,
+            "inverse_age": self.inverse_age,
+            "counters": dict(self.counters),
+            "conv_mode": self.conv_mode,
+        }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -536,11 +547,53 @@ class KFAC(th.optim.Optimizer):
         self.counters.update({name: int(value) for name, value in extra["counters"].items()})
         self._inverse_future = None
         self._inverses = {}
+        if extra.get("conv_mode", self.conv_mode) != self.conv_mode:
+            self._discard_convolution_statistics(extra["conv_mode"])
+        for block in self.blocks:
+            state = self.state[block.weight]
+            if "A_average" in state and "statistics_weight" not in state:  # saved before the weight was kept
+                state["statistics_weight"] = 1.0 - self.stats_decay ** state["statistics_count"]
+        self._restore_inverses()
+
+    def _discard_convolution_statistics(self, saved_conv_mode: str) -> None:
+        """The saved statistics of the convolutions estimate another approximation than this ``conv_mode``'s."""
+        warnings.warn(
+            f"The saved K-FAC statistics of the convolutions were estimated with conv_mode={saved_conv_mode!r}: they are "
+            f"discarded, and conv_mode={self.conv_mode!r} estimates them anew from the next update",
+            stacklevel=4,
+        )
+        for block in self.blocks:
+            if block.is_conv:
+                for key in ("A_average", "G_average", "statistics_count", "statistics_weight", "inverse"):
+                    self.state[block.weight].pop(key, None)
+
+    def _restore_inverses(self) -> None:
+        """
+        The saved inverses, or, where they were computed with the other damping mode (a model loaded with another
+        ``damping_mode``), new ones from the saved factors.
+        """
         damping = self.param_groups[0]["damping"]
+        stale = []
         for block in self.blocks:
             saved = self.state[block.weight].get("inverse")
-            if saved is not None:
+            if saved is None:
+                continue
+            if BlockInverse.saved_mode(saved) == self.damping_mode:
                 self._inverses[block] = BlockInverse.from_tensors(self.damping_mode, damping, saved)
+            else:
+                stale.append(block)
+                del self.state[block.weight]["inverse"]
+        if stale:
+            warnings.warn(
+                f"The saved K-FAC inverses were computed with the other damping mode: recomputing them with "
+                f"damping_mode={self.damping_mode!r} from the saved factors",
+                stacklevel=4,
+            )
+            factors = {block: f for block in stale if (f := self.factors(block)) is not None}
+            inverses, retries, failures = self._compute_inverses(factors, damping)
+            self._inverses.update(inverses)
+            self.counters["float64_retries"] += retries
+            self.counters["inverse_failures"] += failures
 
     def __getstate__(self) -> dict[str, Any]:
         # The whole object, so that copying a model (whose forward hooks refer to this optimizer) copies a working
