@@ -1,5 +1,6 @@
 """Bad input is refused before any training starts, with a message naming the problem."""
 
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -75,7 +76,6 @@ def test_unsupported_observation_space(observation_space: spaces.Space) -> None:
         (dict(vf_kl_clip=lambda progress: "0.001"), "vf_kl_clip"),
         (dict(vf_coef=None), "vf_coef"),
         (dict(learning_rate=-0.1), "learning_rate"),
-        (dict(n_steps=1), "at least 2 samples"),
         (dict(policy_kwargs=dict(optimizer_class=object)), "optimizer_class"),
     ],
 )
@@ -117,3 +117,27 @@ def test_loading_a_corrupted_file(tmp_path: Path) -> None:
     (tmp_path / "broken.zip").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="wasn't a zip-file"):
         ACKTR.load(tmp_path / "broken.zip")
+
+
+@pytest.mark.parametrize("normalize_advantage", [False, True])
+def test_one_example_per_update_trains(normalize_advantage: bool) -> None:
+    """A2C's habit of n_steps=1 with one environment: rank-one factors, made invertible by the damping."""
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=1, normalize_advantage=normalize_advantage, seed=0)
+    before = th.cat([p.detach().flatten() for p in model.policy.parameters()])
+    model.learn(30)
+    after = th.cat([p.detach().flatten() for p in model.policy.parameters()])
+    assert th.isfinite(after).all() and not th.equal(before, after)
+    assert not any(model.kfac.counters.values())
+
+
+@pytest.mark.parametrize("learning_rate", [7e-4, lambda progress: 3e-4 * progress])
+def test_first_order_learning_rate_warns(learning_rate) -> None:
+    with pytest.warns(UserWarning, match="looks like a rate for A2C or PPO"):
+        ACKTR("MlpPolicy", "CartPole-v1", learning_rate=learning_rate)
+
+
+def test_acktr_learning_rates_do_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ACKTR("MlpPolicy", "CartPole-v1", learning_rate=0.25)
+        ACKTR("MlpPolicy", "CartPole-v1", learning_rate=0.0)

@@ -289,11 +289,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.log_trust_region_split = log_trust_region_split
         # Checked before any network is built, so that a bad value costs nothing (both bounds: by _trust_region_bounds).
         check_hyperparameters(kl_clip=self._trust_region_bounds()[0], **self._kfac_kwargs())
-        if self.env is not None and self.n_envs * self.n_steps < 2:
-            raise ValueError(
-                f"ACKTR needs at least 2 samples per update to estimate the Fisher, got n_steps * n_envs = "
-                f"{self.n_steps} * {self.n_envs}"
-            )
+        _warn_if_first_order_learning_rate(learning_rate)
 
         self._rollout_start: RolloutStart | None = None
         self._saved_random_state: dict[str, Any] | None = None
@@ -455,7 +451,7 @@ class ACKTR(OnPolicyAlgorithm):
             log_prob = distribution.log_prob(actions)
             entropy = distribution.entropy()
             advantages = rollout_data.advantages
-            if self.normalize_advantage:
+            if self.normalize_advantage and len(advantages) > 1:  # one example has no spread (PPO's guard)
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
             policy_loss = -(advantages * log_prob).mean()
@@ -612,6 +608,21 @@ class ACKTR(OnPolicyAlgorithm):
             tb_log_name=tb_log_name,
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
+        )
+
+
+# Below this, a learning rate was most likely meant for a first-order optimizer (A2C's 7e-4, PPO's 3e-4).
+FIRST_ORDER_LEARNING_RATE = 0.01
+
+
+def _warn_if_first_order_learning_rate(learning_rate: float | Schedule) -> None:
+    initial = learning_rate(1.0) if callable(learning_rate) else learning_rate
+    if 0.0 < initial < FIRST_ORDER_LEARNING_RATE:
+        warnings.warn(
+            f"learning_rate={initial:g} looks like a rate for A2C or PPO. ACKTR's rate multiplies a natural-gradient step "
+            f"that the trust region (kl_clip) bounds, and its default is 0.25: this one makes the steps up to "
+            f"{0.25 / initial:.0f}x shorter.",
+            stacklevel=3,
         )
 
 
