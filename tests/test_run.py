@@ -24,7 +24,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.acktr.acktr import fisher_loss
+from sb3_acktr.acktr.acktr import fisher_loss, forward_actor_critic
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
@@ -377,3 +377,20 @@ def test_acktr_cnn_extractor() -> None:
     assert parameters_finite(model)
     with pytest.raises(ValueError, match="image observation space"):
         ACKTR("MlpPolicy", "CartPole-v1", policy_kwargs=dict(features_extractor_class=AcktrCNN))
+
+
+def test_gsde_fisher_samples_are_independent_across_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two identical observations in one batch draw different Fisher actions (one exploration matrix per example)."""
+    model = ACKTR("MlpPolicy", "Pendulum-v1", use_sde=True, n_steps=4, seed=0)
+    obs = th.as_tensor(np.repeat(model.env.reset()[:1], 2, axis=0))  # type: ignore[index]
+    distribution, values = forward_actor_critic(model.policy, obs)
+    drawn: list[th.Tensor] = []
+    get_actions = distribution.get_actions
+
+    def recording_get_actions(deterministic: bool = False) -> th.Tensor:
+        drawn.append(get_actions(deterministic))
+        return drawn[-1]
+
+    monkeypatch.setattr(distribution, "get_actions", recording_get_actions)
+    model._fisher_loss(distribution, values)
+    assert drawn[0].shape == (2, 1) and not th.equal(drawn[0][0], drawn[0][1])

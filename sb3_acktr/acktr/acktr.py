@@ -446,7 +446,7 @@ class ACKTR(OnPolicyAlgorithm):
             with kfac.capture_statistics(enabled=statistics_from_this_pass):
                 distribution, values = forward_actor_critic(self.policy, rollout_data.observations)
             if statistics_from_this_pass:
-                kfac.update_statistics(fisher_loss(distribution, values, self.vf_fisher_coef))
+                kfac.update_statistics(self._fisher_loss(distribution, values))
 
             log_prob = distribution.log_prob(actions)
             entropy = distribution.entropy()
@@ -495,7 +495,16 @@ class ACKTR(OnPolicyAlgorithm):
         """Curvature statistics from a forward and a Fisher backward pass of their own over ``observations``."""
         with self.kfac.capture_statistics():
             distribution, values = forward_actor_critic(self.policy, observations)
-        self.kfac.update_statistics(fisher_loss(distribution, values, self.vf_fisher_coef))
+        self.kfac.update_statistics(self._fisher_loss(distribution, values))
+
+    def _fisher_loss(self, distribution: Distribution, values: th.Tensor) -> th.Tensor:
+        """The Fisher loss of a forward pass, with independent action samples."""
+        if self.use_sde:
+            # One exploration matrix per example (as TRPO does): with the rollout's single matrix, the sampled noise of
+            # all examples would be one linear function of their features, and identical observations would draw the
+            # same action. The next rollout draws its own matrix again.
+            self.policy.reset_noise(len(values))
+        return fisher_loss(distribution, values, self.vf_fisher_coef)
 
     def _log_trust_region_split(self, actor_loss: th.Tensor, value_loss: th.Tensor) -> None:
         kfac = self.kfac
