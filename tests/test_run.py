@@ -382,7 +382,7 @@ def test_acktr_cnn_extractor() -> None:
 def test_gsde_fisher_samples_are_independent_across_examples(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two identical observations in one batch draw different Fisher actions (one exploration matrix per example)."""
     model = ACKTR("MlpPolicy", "Pendulum-v1", use_sde=True, n_steps=4, seed=0)
-    obs = th.as_tensor(np.repeat(model.env.reset()[:1], 2, axis=0))  # type: ignore[index]
+    obs = th.as_tensor(np.repeat(model.get_env().reset()[:1], 2, axis=0))  # type: ignore[union-attr,index]
     distribution, values = forward_actor_critic(model.policy, obs)
     drawn: list[th.Tensor] = []
     get_actions = distribution.get_actions
