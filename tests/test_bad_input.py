@@ -77,6 +77,7 @@ def test_unsupported_observation_space(observation_space: spaces.Space) -> None:
         (dict(vf_coef=None), "vf_coef"),
         (dict(learning_rate=-0.1), "learning_rate"),
         (dict(policy_kwargs=dict(optimizer_class=object)), "optimizer_class"),
+        (dict(device="mps"), "MPS"),
     ],
 )
 def test_invalid_hyperparameters_are_named(kwargs: dict, name: str) -> None:

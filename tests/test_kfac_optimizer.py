@@ -10,7 +10,7 @@ from torch import nn
 
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.inverses import DampingMode
-from sb3_acktr.kfac.optimizer import tensors_finite, trust_region_sums
+from sb3_acktr.kfac.optimizer import check_device, tensors_finite, trust_region_sums
 
 
 @pytest.fixture(autouse=True)
@@ -450,6 +450,27 @@ def test_async_inverse_refresh_installs_new_inverses() -> None:
     full_update(model, optimizer, inputs, targets)  # installs it
     assert all(optimizer._inverses[block] is not first[block] for block in first)
     assert th.isfinite(parameters_vector(model)).all()
+
+
+def test_out_of_memory_in_a_decomposition_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a numerical failure: neither retried in float64 nor counted as a failed inverse."""
+    model = small_cnn()
+    optimizer = KFAC(model, inverse_update_interval=1)
+    inputs, targets = batch()
+
+    def eigh_out_of_memory(matrix: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        raise th.OutOfMemoryError("simulated out of memory")
+
+    monkeypatch.setattr(th.linalg, "eigh", eigh_out_of_memory)
+    with pytest.raises(th.OutOfMemoryError):
+        full_update(model, optimizer, inputs, targets)
+    assert optimizer.counters["float64_retries"] == optimizer.counters["inverse_failures"] == 0
+
+
+def test_devices_without_float64_are_refused() -> None:
+    with pytest.raises(ValueError, match="MPS"):
+        check_device(th.device("mps"))
+    check_device(th.device("cpu"))
 
 
 def test_trust_region_sums_are_finite_exactly_when_directions_and_gradients_are() -> None:

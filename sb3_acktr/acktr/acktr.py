@@ -25,7 +25,7 @@ from sb3_acktr.acktr.resume import RolloutStart, all_finite, capture_random_stat
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
-from sb3_acktr.kfac.optimizer import check_hyperparameters, check_number
+from sb3_acktr.kfac.optimizer import check_device, check_hyperparameters, check_number
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
@@ -262,6 +262,7 @@ class ACKTR(OnPolicyAlgorithm):
             _init_setup_model=False,
             supported_action_spaces=SUPPORTED_ACTION_SPACES,
         )
+        check_device(self.device)
         for key in ("optimizer_class", "optimizer_kwargs"):
             if key in self.policy_kwargs:
                 raise ValueError(f"ACKTR does not accept policy_kwargs['{key}']: it always uses its K-FAC optimizer")

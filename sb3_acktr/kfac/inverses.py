@@ -124,6 +124,8 @@ def _with_float64_retry(
             break
         try:
             results = function(matrix.to(dtype))
+        except th.OutOfMemoryError:
+            raise  # not a numerical failure: a float64 retry would only need more memory
         except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
             continue
         if all(bool(th.isfinite(result).all()) for result in results):

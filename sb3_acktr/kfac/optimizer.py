@@ -47,6 +47,15 @@ def check_number(name: str, value: Any, low: float, high: float, low_open: bool 
         raise ValueError(f"{name} must lie in {bounds}, got {value}")
 
 
+def check_device(device: th.device) -> None:
+    """Refuse devices without float64, which the trust-region sums and the inverses' fallback need."""
+    if device.type == "mps":
+        raise ValueError(
+            "K-FAC needs float64 arithmetic (trust-region sums, inverses that fail in float32), which MPS devices do not "
+            "have: use device='cpu' (or a CUDA device)"
+        )
+
+
 def _check_interval(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -210,6 +219,7 @@ class KFAC(th.optim.Optimizer):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("The model has no trainable parameters")
+        check_device(params[0].device)
         defaults = dict(lr=lr, momentum=momentum, kl_clip=kl_clip, damping=damping, name="")
         super().__init__(_split_into_groups(params, trust_regions), defaults)
 
