@@ -1,6 +1,7 @@
 """Bad input is refused before any training starts, with a message naming the problem."""
 
 import warnings
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from stable_baselines3 import A2C
+from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.envs import IdentityEnv
 from stable_baselines3.common.policies import BasePolicy
 
@@ -106,10 +107,35 @@ def test_parameters_added_after_the_model_was_built_are_refused() -> None:
     assert model.num_timesteps == 0
 
 
-def test_loading_a_model_saved_by_another_algorithm(tmp_path: Path) -> None:
-    A2C("MlpPolicy", IdentityEnv(2)).save(tmp_path / "a2c")
+@pytest.mark.parametrize("algorithm", [A2C, PPO])
+def test_loading_a_model_saved_by_another_algorithm(tmp_path: Path, algorithm) -> None:
+    algorithm("MlpPolicy", IdentityEnv(2)).save(tmp_path / "other")
     with pytest.raises(ValueError, match=r"not saved by the K-FAC optimizer.*another algorithm"):
-        ACKTR.load(tmp_path / "a2c")
+        ACKTR.load(tmp_path / "other")
+
+
+def test_loading_a_model_without_optimizer_state_warns_and_starts_the_statistics_anew(tmp_path: Path) -> None:
+    model = ACKTR("MlpPolicy", IdentityEnv(2), n_steps=4)
+    model.learn(8)
+    model.save(tmp_path / "acktr")
+    with zipfile.ZipFile(tmp_path / "acktr.zip") as saved, zipfile.ZipFile(tmp_path / "partial.zip", "w") as partial:
+        for name in saved.namelist():
+            if name != "policy.optimizer.pth":
+                partial.writestr(name, saved.read(name))
+    with pytest.warns(UserWarning, match="no K-FAC optimizer state"):
+        loaded = ACKTR.load(tmp_path / "partial.zip", env=IdentityEnv(2))
+    for original, restored in zip(model.policy.parameters(), loaded.policy.parameters(), strict=True):
+        assert th.equal(original, restored)
+    assert loaded.kfac.n_steps == 0 and not loaded.kfac._inverses
+    loaded.learn(8)
+    assert loaded.kfac.n_steps == 2
+
+
+def test_loading_parameters_of_another_network_names_the_policy_kwargs(tmp_path: Path) -> None:
+    ACKTR("MlpPolicy", IdentityEnv(2), policy_kwargs=dict(net_arch=[8])).save(tmp_path / "small")
+    model = ACKTR("MlpPolicy", IdentityEnv(2))
+    with pytest.raises(ValueError, match="policy_kwargs"):
+        model.set_parameters(tmp_path / "small")
 
 
 def test_loading_a_corrupted_file(tmp_path: Path) -> None:

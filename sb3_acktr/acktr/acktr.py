@@ -375,7 +375,22 @@ class ACKTR(OnPolicyAlgorithm):
         saved_optimizer: Any = params.get("policy.optimizer")
         if saved_optimizer is not None:
             self._match_trust_regions(len(saved_optimizer["param_groups"]), saved_optimizer["param_groups"][-1])
-        super().set_parameters(params, exact_match=exact_match, device=device)
+        elif "policy" in params:
+            warnings.warn(
+                "The saved model has no K-FAC optimizer state (policy.optimizer.pth): the curvature statistics, inverses "
+                "and momentum start anew, so training does not continue exactly as the saved run would have",
+                stacklevel=2,
+            )
+            exact_match = False
+        try:
+            super().set_parameters(params, exact_match=exact_match, device=device)
+        except RuntimeError as error:
+            if "state_dict" not in str(error):
+                raise
+            raise ValueError(
+                "The saved policy's layers do not match this model's: build the model with the policy_kwargs (net_arch, "
+                f"features extractor, ...) that the saved one was trained with ({error})"
+            ) from error
 
     def _match_trust_regions(self, n_saved_groups: int, last_saved_group: dict[str, Any]) -> None:
         if n_saved_groups == len(self.kfac.param_groups):
