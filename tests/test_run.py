@@ -9,7 +9,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import CategoricalDistribution
+from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import (
     FakeImageEnv,
@@ -20,11 +20,13 @@ from stable_baselines3.common.envs import (
     SimpleMultiObsEnv,
 )
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.acktr.acktr import fisher_loss, forward_actor_critic
+from sb3_acktr.acktr.acktr import actor_critic_pass, fisher_loss, forward_actor_critic
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
@@ -394,3 +396,41 @@ def test_gsde_fisher_samples_are_independent_across_examples(monkeypatch: pytest
     monkeypatch.setattr(distribution, "get_actions", recording_get_actions)
     model._fisher_loss(distribution, values)
     assert drawn[0].shape == (2, 1) and not th.equal(drawn[0][0], drawn[0][1])
+
+
+class DoubledValuePolicy(ActorCriticPolicy):
+    """A custom policy: its values are twice the value head's, in rollouts and in training."""
+
+    def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        actions, values, log_prob = super().forward(obs, deterministic)
+        return actions, 2 * values, log_prob
+
+    def predict_values(self, obs: PyTorchObs) -> th.Tensor:
+        return 2 * super().predict_values(obs)
+
+    def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        values, log_prob, entropy = super().evaluate_actions(obs, actions)
+        return 2 * values, log_prob, entropy
+
+
+class DoubledValuePolicyWithHook(DoubledValuePolicy):
+    def distribution_and_values(self, obs: PyTorchObs) -> tuple[Distribution, th.Tensor]:
+        self.hook_calls = getattr(self, "hook_calls", 0) + 1
+        distribution, values = actor_critic_pass(self, obs)
+        return distribution, 2 * values
+
+
+def test_a_policy_overriding_evaluate_actions_needs_the_training_hook() -> None:
+    with pytest.raises(ValueError, match=r"overrides evaluate_actions.*distribution_and_values"):
+        ACKTR(DoubledValuePolicy, "CartPole-v1")
+
+
+def test_training_goes_through_the_policy_hook() -> None:
+    model = ACKTR(DoubledValuePolicyWithHook, "CartPole-v1", n_steps=8, seed=0)
+    model.set_logger(Logger(None, []))
+    calls_at_construction = model.policy.hook_calls  # type: ignore[attr-defined]
+    model.learn(8 * 3)
+    assert model.policy.hook_calls >= calls_at_construction + 3  # type: ignore[attr-defined]
+    obs = th.as_tensor(model.rollout_buffer.observations.reshape(-1, 4)[:4])
+    _, values = forward_actor_critic(model.policy, obs)
+    assert th.allclose(values, model.policy.predict_values(obs).flatten())  # training sees the rollouts' values

@@ -35,6 +35,9 @@ DEFAULT_VF_KL_CLIP = 0.001
 MAX_CONSECUTIVE_SKIPPED_UPDATES = 10
 
 
+# The policy method that ACKTR's training calls instead of evaluate_actions, when a policy defines it.
+TRAINING_HOOK = "distribution_and_values"
+
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
 
@@ -54,7 +57,20 @@ def fisher_loss(distribution: Distribution, values: th.Tensor, vf_fisher_coef: f
 
 
 def forward_actor_critic(policy: ActorCriticPolicy, obs: PyTorchObs) -> tuple[Distribution, th.Tensor]:
-    """One forward pass of actor and critic (each layer called once, as K-FAC requires)."""
+    """
+    One forward pass of actor and critic (each layer called once, as K-FAC requires): the action distribution (whose
+    samples give the Fisher) and the values, flat. A policy may define it as ``distribution_and_values(obs)``, the hook
+    that replaces ``evaluate_actions`` in ACKTR's training.
+    """
+    hook = getattr(policy, TRAINING_HOOK, None)
+    if hook is not None:
+        distribution, values = hook(obs)
+        return distribution, values.flatten()
+    return actor_critic_pass(policy, obs)
+
+
+def actor_critic_pass(policy: ActorCriticPolicy, obs: PyTorchObs) -> tuple[Distribution, th.Tensor]:
+    """What ``ActorCriticPolicy.evaluate_actions`` computes, with the distribution itself: (distribution, flat values)."""
     features = policy.extract_features(obs)
     if policy.share_features_extractor:
         latent_pi, latent_vf = policy.mlp_extractor(features)
@@ -118,7 +134,9 @@ class ACKTR(OnPolicyAlgorithm):
     critic-only parameters get a trust region of their own (``vf_kl_clip``).
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, ...); ACKTR's ``CnnPolicy`` uses the
-        paper's network, :class:`~sb3_acktr.AcktrCNN` (see :class:`sb3_acktr.acktr.policies.CnnPolicy`)
+        paper's network, :class:`~sb3_acktr.AcktrCNN` (see :class:`sb3_acktr.acktr.policies.CnnPolicy`). Training
+        calls the policy's ``distribution_and_values(obs)`` when it has one (a policy that overrides
+        ``evaluate_actions`` must define it), otherwise the steps of SB3's ``evaluate_actions`` (``actor_critic_pass``)
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
     :param n_steps: The number of steps to run for each environment per update
@@ -318,6 +336,7 @@ class ACKTR(OnPolicyAlgorithm):
                 f"ACKTR needs an ActorCriticPolicy (with mlp_extractor, action_net and value_net), "
                 f"got {type(self.policy).__name__}"
             )
+        _check_training_interface(self.policy)
         self._build_optimizer()
 
     def _trust_region_bounds(self, progress_remaining: float = 1.0) -> list[float]:
@@ -633,6 +652,18 @@ class ACKTR(OnPolicyAlgorithm):
             tb_log_name=tb_log_name,
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
+        )
+
+
+def _check_training_interface(policy: ActorCriticPolicy) -> None:
+    """Refuse a policy whose own evaluate_actions training would bypass (see ``forward_actor_critic``)."""
+    overrides = type(policy).evaluate_actions is not ActorCriticPolicy.evaluate_actions
+    if overrides and not hasattr(policy, TRAINING_HOOK):
+        raise ValueError(
+            f"{type(policy).__name__} overrides evaluate_actions, which ACKTR's training cannot call: K-FAC samples the "
+            f"Fisher from the action distribution, which evaluate_actions does not return. Define "
+            f"{TRAINING_HOOK}(obs) -> (Distribution, values) as well, computing what your evaluate_actions computes in "
+            "one forward pass; ACKTR trains through it."
         )
 
 
