@@ -414,8 +414,10 @@ class DoubledValuePolicy(ActorCriticPolicy):
 
 
 class DoubledValuePolicyWithHook(DoubledValuePolicy):
+    hook_calls: int = 0
+
     def distribution_and_values(self, obs: PyTorchObs) -> tuple[Distribution, th.Tensor]:
-        self.hook_calls = getattr(self, "hook_calls", 0) + 1
+        self.hook_calls += 1
         distribution, values = actor_critic_pass(self, obs)
         return distribution, 2 * values
 
@@ -428,9 +430,11 @@ def test_a_policy_overriding_evaluate_actions_needs_the_training_hook() -> None:
 def test_training_goes_through_the_policy_hook() -> None:
     model = ACKTR(DoubledValuePolicyWithHook, "CartPole-v1", n_steps=8, seed=0)
     model.set_logger(Logger(None, []))
-    calls_at_construction = model.policy.hook_calls  # type: ignore[attr-defined]
+    policy = model.policy
+    assert isinstance(policy, DoubledValuePolicyWithHook)
+    calls_at_construction = policy.hook_calls
     model.learn(8 * 3)
-    assert model.policy.hook_calls >= calls_at_construction + 3  # type: ignore[attr-defined]
+    assert policy.hook_calls >= calls_at_construction + 3
     obs = th.as_tensor(model.rollout_buffer.observations.reshape(-1, 4)[:4])
     _, values = forward_actor_critic(model.policy, obs)
     assert th.allclose(values, model.policy.predict_values(obs).flatten())  # training sees the rollouts' values
