@@ -162,8 +162,8 @@ def timesteps_to_training_return(folder: Path, level: float, frame_skip: int = 1
     return int(np.interp(seconds, clock, steps))
 
 
-def load_run(env_id: str, algo: str, seed: int) -> dict | None:
-    directory = run_directory(env_id, algo, seed)
+def load_run(env_id: str, algo: str, seed: int, runs: Path | None = None) -> dict | None:
+    directory = run_directory(env_id, algo, seed, runs)
     if not (directory / "done.json").is_file():
         return None
     folder = zoo_run_folder(directory, algo, env_id)
@@ -187,15 +187,18 @@ def load_run(env_id: str, algo: str, seed: int) -> dict | None:
     )
 
 
-def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None) -> dict:
-    """One algorithm's row of the table: each measure's mean and std over its seeds (``a2c_level``: A2C's final one)."""
+def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None, folder: Path | None = None) -> dict:
+    """
+    One algorithm's row of the table: each measure's mean and std over its seeds (``a2c_level``: A2C's final one;
+    ``folder``: of the runs, if not the default one).
+    """
     steps = [run["steps_to_threshold"] for run in runs if run["steps_to_threshold"] is not None]
     seconds = [run["seconds_to_threshold"] for run in runs if run["seconds_to_threshold"] is not None]
     to_a2c_level: list[float] = []
     if a2c_level is not None:
         for run in runs:
-            folder = zoo_run_folder(run_directory(env_id, algo, run["seed"]), algo, env_id)
-            if (crossing := timesteps_to_training_return(folder, a2c_level, task_frame_skip(env_id))) is not None:
+            zoo_folder = zoo_run_folder(run_directory(env_id, algo, run["seed"], folder), algo, env_id)
+            if (crossing := timesteps_to_training_return(zoo_folder, a2c_level, task_frame_skip(env_id))) is not None:
                 to_a2c_level.append(crossing)
     return dict(
         env=env_id,
@@ -269,6 +272,19 @@ def report() -> None:
     print_table(rows)
 
 
+def report_variant(runs: Path) -> None:
+    """The table of the runs in another folder (``run --runs``), with A2C's level from the last report; nothing written."""
+    previous_rows, _ = previous_results()
+    rows = []
+    for env_id in TASKS:
+        for algo in ALGOS:
+            loaded = [run for seed in range(20) if (run := load_run(env_id, algo, seed, runs)) is not None]
+            if loaded:
+                a2c_level = previous_rows.get((env_id, "a2c"), {}).get("training_return_mean")
+                rows.append(table_row(env_id, algo, loaded, a2c_level, runs))
+    print_table(rows)
+
+
 def fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -330,10 +346,11 @@ def main() -> None:
     run.add_argument(
         "--runs", type=Path, help=f"folder of the runs (default: {RUNS.relative_to(ROOT)}; report reads that one)"
     )
-    commands.add_parser("report", help="aggregate the finished runs")
+    report_parser = commands.add_parser("report", help="aggregate the finished runs")
+    report_parser.add_argument("--runs", type=Path, help="print the table of the runs in this folder instead")
     args = parser.parse_args()
     if args.command == "report":
-        report()
+        report_variant(args.runs.resolve()) if args.runs else report()
         return
     if args.params and args.runs is None:
         parser.error("--params needs --runs: the default folder holds the sections' runs, which report aggregates")

@@ -19,7 +19,9 @@ import subset_statistics
 import train_cost
 
 
-def test_sample_efficiency_runs_resumes_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sample_efficiency_runs_resumes_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(sample_efficiency, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(sample_efficiency, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(sample_efficiency, "DOCS", tmp_path / "docs")
@@ -47,6 +49,16 @@ def test_sample_efficiency_runs_resumes_and_reports(tmp_path: Path, monkeypatch:
     again = json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())
     assert again["table"] == table
     assert again["curves"]["CartPole-v1"]["a2c"][0]["returns"] == first_curves["CartPole-v1"]["a2c"][0]["returns"]
+
+    # Other settings: their own folder, their own table against A2C's last level; the report's files stay as they were.
+    variant = tmp_path / "variant"
+    sample_efficiency.train("CartPole-v1", "acktr", 0, None, ["vf_kl_clip:None"], variant)
+    assert "vf_kl_clip" in (variant / "CartPole-v1" / "acktr" / "seed_0" / "done.json").read_text()
+    capsys.readouterr()
+    sample_efficiency.report_variant(variant)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and printed[2].startswith("| CartPole-v1") and "| acktr | " in printed[2]
+    assert json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())["table"] == table
 
 
 @pytest.mark.parametrize("threshold, expected", [(-math.inf, 800), (math.inf, None)])
