@@ -3,10 +3,10 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= tests,zoo,atari,mujoco,box2d
+EXTRAS ?= tests,zoo,atari,mujoco,box2d,docs
 LINT_PATHS = sb3_acktr/ tests/ benchmarks/ examples/
 
-.PHONY: install quickstart test test-slow lint format type check-codestyle commit-checks
+.PHONY: install quickstart test test-slow lint format type check-codestyle commit-checks docs
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,3 +40,6 @@ type: install
 	$(PYTHON) -m mypy $(LINT_PATHS)
 
 commit-checks: check-codestyle lint type
+
+docs: install
+	$(PYTHON) -m sphinx -W --keep-going -q -b html docs docs/_build/html

@@ -167,7 +167,7 @@ class ACKTR(OnPolicyAlgorithm):
         patches per input feature (``in_channels * kh * kw``), drawn at random from all the rollout's patches (every
         example, every output position), as TF K-FAC does; the output factors still come from every example. The
         factor's cost then no longer grows with the rollout (an update of the ``atari`` section 2.2x cheaper at 32
-        envs x 20 steps, and averaged factors within 1 % of every patch's on Breakout: see ``docs/cost.md``). None:
+        envs x 20 steps, and averaged factors within 1 % of every patch's on Breakout: see ``docs/misc/cost.md``). None:
         every patch
     :param stats_batch_size: Number of the rollout's examples, drawn at random at every statistics update, on which
         the Fisher is sampled and the Kronecker factors are estimated (TF K-FAC subsamples conv inputs the same way);
@@ -175,7 +175,7 @@ class ACKTR(OnPolicyAlgorithm):
         the statistics cost about ``stats_batch_size / (n_steps * n_envs)`` of the whole rollout's, and the running
         averages (``stats_decay``) are meant to absorb the extra noise. ``None``, or a rollout no larger: the statistics
         come from the whole rollout's own forward pass. A trade of learning for cost: on Breakout, 64 of 640 examples
-        made an update 3x cheaper and learned more slowly than A2C (see ``docs/cost.md``)
+        made an update 3x cheaper and learned more slowly than A2C (see ``docs/misc/cost.md``)
     :param stats_update_interval: Update the Kronecker factors every this many updates
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
