@@ -1,4 +1,4 @@
-"""ACKTR learns: SB3's identity environments and CartPole-v1 within the budgets of issue #3."""
+"""ACKTR learns: SB3's identity environments and CartPole-v1 within fixed budgets."""
 
 import gymnasium as gym
 import pytest

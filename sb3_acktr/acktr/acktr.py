@@ -46,8 +46,9 @@ def fisher_loss(distribution: Distribution, values: th.Tensor, vf_fisher_coef: f
     """
     Negative log-likelihood, summed over the batch, of actions sampled from the current policy, plus
     ``vf_fisher_coef * sum (V(s) - y)^2`` with ``y ~ N(V(s), 1)``: its gradients sample the joint Fisher of actor
-    and critic. The critic term is the reference implementations' (no 1/2: the Gauss-Newton matrix of a unit-variance
-    Gaussian critic, times 4), so that ``vf_fisher_coef`` means what it means there. Entropy is not part of it.
+    and critic. The critic term is the reference implementations' (no 1/2), so that ``vf_fisher_coef`` means what it
+    means there: its Fisher is ``4 * vf_fisher_coef^2`` times the Gauss-Newton matrix of a unit-variance Gaussian critic
+    (0.5 is the unit-variance weight). Entropy is not part of it.
     """
     sampled_actions = distribution.get_actions(deterministic=False).detach()
     actor_nll = -distribution.log_prob(sampled_actions).sum()
@@ -159,7 +160,9 @@ class ACKTR(OnPolicyAlgorithm):
     :param damping: Tikhonov damping of the Kronecker-factored Fisher
     :param stats_decay: Decay of the running averages of the Kronecker factors
     :param vf_fisher_coef: Weight of the critic's term ``(V(s) - y)^2``, ``y ~ N(V(s), 1)``, in the Fisher loss
-        (the reference implementations' convention: 1.0 weighs the critic's Gauss-Newton matrix 4x a unit Gaussian's)
+        (the reference implementations' convention). The critic's curvature grows with its square: it is
+        ``4 * vf_fisher_coef^2`` times a unit-variance Gaussian critic's, so 1.0 weighs it 4x and 0.5 is the unit-variance
+        weight
     :param damping_mode: ``"exact"`` (eigendecompositions, damping added to eigenvalue products) or
         ``"factored"`` (pi-adjusted Tikhonov damping, Cholesky inverses)
     :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
