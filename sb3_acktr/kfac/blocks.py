@@ -138,7 +138,7 @@ class KroneckerBlock:
             source = patches.mean(dim=2).T if self.conv_mode == "reduce" else patches.transpose(0, 1)
         else:
             # One operation instead of four: the small layers' statistics cost per operation, not per element.
-            source = inputs.reshape(-1, inputs.shape[-1]).T
+            source = (inputs if inputs.dim() == 2 else inputs.reshape(-1, inputs.shape[-1])).T
             return source if self.bias is None else F.pad(source, (0, 0, 0, 1), value=1.0)
         n_features = source.shape[0]
         columns = source.new_empty(n_features + int(self.bias is not None), *source.shape[1:])
@@ -154,7 +154,7 @@ class KroneckerBlock:
             if self.conv_mode == "reduce":
                 return output_grad.sum(dim=(2, 3)), batch_size
             return output_grad.permute(0, 2, 3, 1).reshape(-1, output_grad.shape[1]), batch_size
-        return output_grad.reshape(-1, output_grad.shape[-1]), batch_size
+        return output_grad if output_grad.dim() == 2 else output_grad.reshape(-1, output_grad.shape[-1]), batch_size
 
     def activation_factor(self, inputs: th.Tensor) -> th.Tensor:
         """
