@@ -13,9 +13,9 @@ fresh subprocess per algorithm, reporting timesteps per second and peak resident
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureCNN, ACKTR's K-FAC and AcktrCNN); in
 ``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
 Atari section, in ``cnn-32x20-zoo-every-patch`` the same with the convolutions' input factors from every patch (no
-sampling), in ``cnn-32x20-zoo-64`` the same with the statistics on 64 examples of the rollout, in
-``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses every 100 (each
-timed over at least one inverse refresh interval).
+sampling), in ``cnn-32x20-zoo-64`` and ``cnn-32x20-zoo-160`` the same with the statistics on 64 or 160 examples of
+the rollout, in ``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses
+every 100 (each timed over at least one inverse refresh interval).
 """
 
 import argparse
@@ -93,6 +93,13 @@ CASES: dict[str, dict[str, Any]] = {
         n_steps=20,
         policy="CnnPolicy",
         acktr=dict(zoo_atari_settings(), stats_batch_size=64),
+    ),
+    "cnn-32x20-zoo-160": dict(
+        env="PongNoFrameskip-v4",
+        n_envs=32,
+        n_steps=20,
+        policy="CnnPolicy",
+        acktr=dict(zoo_atari_settings(), stats_batch_size=160),
     ),
     "cnn-32x20-cheap": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=CHEAP_ATARI_SETTINGS),
 }
