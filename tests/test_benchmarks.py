@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end on tiny budgets (their figures come from full runs, see the README)."""
+"""The benchmark scripts run end to end on tiny budgets (their figures come from full runs, see docs/misc/benchmarks.md)."""
 
 import json
 import math

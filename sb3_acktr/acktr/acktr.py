@@ -173,7 +173,7 @@ class ACKTR(OnPolicyAlgorithm):
         envs x 20 steps, and averaged factors within 1 % of every patch's on Breakout: see ``docs/misc/cost.md``). None:
         every patch
     :param stats_batch_size: Number of the rollout's examples, drawn at random at every statistics update, on which
-        the Fisher is sampled and the Kronecker factors are estimated (TF K-FAC subsamples conv inputs the same way);
+        the Fisher is sampled and the Kronecker factors are estimated;
         the gradient always uses the whole rollout. A subset gets a forward and a Fisher backward pass of its own, so
         the statistics cost about ``stats_batch_size / (n_steps * n_envs)`` of the whole rollout's, and the running
         averages (``stats_decay``) are meant to absorb the extra noise. ``None``, or a rollout no larger: the statistics

@@ -1,7 +1,7 @@
 """
 Kronecker-factored curvature blocks for ``nn.Linear`` and ``nn.Conv2d``.
 
-Conventions (see the README, section "K-FAC conventions"):
+Conventions (see docs/modules/kfac.md, section "Conventions"):
 
 * A layer's weight and bias form one matrix ``M`` of shape ``(out, in [+ 1])``: the bias is a homogeneous
   coordinate, so a constant 1 is appended to every activation row. For a convolution ``in = C * kh * kw``,
