@@ -63,7 +63,7 @@ NATURE_CNN = dict(features_extractor_class=NatureCNN)
 
 # The cheapest K-FAC settings measured with the paper's network: reduced conv factors and factored damping, statistics
 # every 4 updates, inverses every 100 (on the whole rollout).
-CHEAP_ATARI_SETTINGS = dict(
+CHEAP_ATARI_SETTINGS: dict[str, Any] = dict(
     damping_mode="factored",
     conv_mode="reduce",
     stats_update_interval=4,
@@ -72,36 +72,21 @@ CHEAP_ATARI_SETTINGS = dict(
 )
 
 
+def pong_case(n_envs: int = 32, **acktr: Any) -> dict[str, Any]:
+    """Pong frames, 20 steps per environment, ACKTR with ``acktr`` on top of its defaults."""
+    return dict(env="PongNoFrameskip-v4", n_envs=n_envs, n_steps=20, policy="CnnPolicy", acktr=acktr)
+
+
 CASES: dict[str, dict[str, Any]] = {
-    "cnn-16x20": dict(env="PongNoFrameskip-v4", n_envs=16, n_steps=20, policy="CnnPolicy"),
-    "cnn-32x20": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy"),
+    "cnn-16x20": pong_case(16),
+    "cnn-32x20": pong_case(),
     "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
-    "cnn-32x20-naturecnn": dict(
-        env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=dict(policy_kwargs=NATURE_CNN)
-    ),
-    "cnn-32x20-zoo": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=zoo_atari_settings()),
-    "cnn-32x20-zoo-every-patch": dict(
-        env="PongNoFrameskip-v4",
-        n_envs=32,
-        n_steps=20,
-        policy="CnnPolicy",
-        acktr=dict(zoo_atari_settings(), patches_per_feature=None),
-    ),
-    "cnn-32x20-zoo-64": dict(
-        env="PongNoFrameskip-v4",
-        n_envs=32,
-        n_steps=20,
-        policy="CnnPolicy",
-        acktr=dict(zoo_atari_settings(), stats_batch_size=64),
-    ),
-    "cnn-32x20-zoo-160": dict(
-        env="PongNoFrameskip-v4",
-        n_envs=32,
-        n_steps=20,
-        policy="CnnPolicy",
-        acktr=dict(zoo_atari_settings(), stats_batch_size=160),
-    ),
-    "cnn-32x20-cheap": dict(env="PongNoFrameskip-v4", n_envs=32, n_steps=20, policy="CnnPolicy", acktr=CHEAP_ATARI_SETTINGS),
+    "cnn-32x20-naturecnn": pong_case(policy_kwargs=NATURE_CNN),
+    "cnn-32x20-zoo": pong_case(**zoo_atari_settings()),
+    "cnn-32x20-zoo-every-patch": pong_case(**dict(zoo_atari_settings(), patches_per_feature=None)),
+    "cnn-32x20-zoo-64": pong_case(**dict(zoo_atari_settings(), stats_batch_size=64)),
+    "cnn-32x20-zoo-160": pong_case(**dict(zoo_atari_settings(), stats_batch_size=160)),
+    "cnn-32x20-cheap": pong_case(**CHEAP_ATARI_SETTINGS),
 }
 
 
