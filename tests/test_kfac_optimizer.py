@@ -10,7 +10,7 @@ from torch import nn
 
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.inverses import DampingMode
-from sb3_acktr.kfac.optimizer import check_device, tensors_finite, trust_region_sums
+from sb3_acktr.kfac.optimizer import StatisticsClock, check_device, tensors_finite, trust_region_sums
 
 
 @pytest.fixture(autouse=True)
@@ -465,6 +465,50 @@ def test_out_of_memory_in_a_decomposition_propagates(monkeypatch: pytest.MonkeyP
     with pytest.raises(th.OutOfMemoryError):
         full_update(model, optimizer, inputs, targets)
     assert optimizer.counters["float64_retries"] == optimizer.counters["inverse_failures"] == 0
+
+
+class FakeCudaEvent:
+    """Stands for ``torch.cuda.Event``: finished once ``done`` is set, at ``time`` milliseconds."""
+
+    clock_ms = 0.0
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        self.done = False
+        self.time = 0.0
+
+    def record(self) -> None:
+        FakeCudaEvent.clock_ms += 250.0
+        self.time = FakeCudaEvent.clock_ms
+
+    def query(self) -> bool:
+        return self.done
+
+    def elapsed_time(self, end: "FakeCudaEvent") -> float:
+        return end.time - self.time
+
+
+def test_statistics_seconds_on_cuda_count_finished_kernels_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(th.cuda, "Event", FakeCudaEvent)
+    clock = StatisticsClock()
+    started = clock.start(th.device("cuda"))
+    clock.stop(started)
+    pending = clock.start(th.device("cuda"))
+    clock.stop(pending)
+    first, second = clock._events
+    assert clock.take() == 0.0  # nothing finished: nothing waited for, nothing lost
+    first[1].done = True
+    assert clock.take() == pytest.approx(0.25)
+    second[1].done = True
+    assert clock.take() == pytest.approx(0.25) and clock.take() == 0.0
+
+
+def test_statistics_seconds_on_cpu() -> None:
+    model = small_cnn()
+    optimizer = KFAC(model)
+    inputs, targets = batch()
+    full_update(model, optimizer, inputs, targets)
+    assert optimizer.diagnostics()["statistics_seconds"] > 0.0
+    assert optimizer.diagnostics()["statistics_seconds"] == 0.0
 
 
 def test_devices_without_float64_are_refused() -> None:

@@ -97,6 +97,41 @@ def tensors_finite(tensors: Sequence[th.Tensor]) -> bool:
     return bool(th.stack(th._foreach_norm(list(tensors), 2, dtype=th.float64)).sum().isfinite())
 
 
+class StatisticsClock:
+    """
+    Seconds spent computing curvature statistics. On CUDA the kernels run asynchronously, so the host's clock would
+    time their launch: there a pair of CUDA events brackets each computation, and :meth:`take` reads the pairs that
+    have completed without waiting for the others (no synchronisation).
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._events: list[tuple[Any, Any]] = []
+
+    def start(self, device: th.device) -> Any:
+        if device.type == "cuda":
+            event = th.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def stop(self, started: Any) -> None:
+        if isinstance(started, float):
+            self.seconds += time.perf_counter() - started
+            return
+        end = th.cuda.Event(enable_timing=True)
+        end.record()
+        self._events.append((started, end))
+
+    def take(self) -> float:
+        """The seconds measured since the last call (on CUDA: of the computations finished by now)."""
+        finished = [(start, end) for start, end in self._events if end.query()]
+        self._events = [pair for pair in self._events if pair not in finished]
+        seconds = self.seconds + sum(start.elapsed_time(end) for start, end in finished) / 1000.0
+        self.seconds = 0.0
+        return seconds
+
+
 class Direction(NamedTuple):
     """
     The step direction ``V`` and the gradient of the parameters of one block (as its matrix ``M``), or of one parameter
@@ -257,7 +292,8 @@ class KFAC(th.optim.Optimizer):
         self._last: dict[str, float] = {
             f"{prefix}{key}": float("nan") for prefix in self._group_prefixes() for key in ("trust_region_scale", "vg_sum")
         }
-        self._seconds = {"statistics": 0.0, "inverse": 0.0}
+        self._statistics_clock = StatisticsClock()
+        self._inverse_seconds = 0.0
 
     # ------------------------------------------------------------------ statistics
     def statistics_due(self) -> bool:
@@ -285,10 +321,10 @@ class KFAC(th.optim.Optimizer):
                 f"Layer '{block.name}' was called more than once in one forward pass: K-FAC models each layer "
                 "once per pass. Use separate modules, or exclude this one from the optimizer's model."
             )
-        start = time.perf_counter()
+        started = self._statistics_clock.start(inputs[0].device)
         with th.no_grad():
             self._pending[block] = {"A": block.activation_factor(inputs[0].detach())}
-        self._seconds["statistics"] += time.perf_counter() - start
+        self._statistics_clock.stop(started)
         if isinstance(output, th.Tensor) and output.requires_grad:
             # A tensor hook sees the gradient of this version of the output, even if an in-place
             # activation modifies it later.
@@ -297,9 +333,9 @@ class KFAC(th.optim.Optimizer):
 
     def _record_output_gradient(self, block: KroneckerBlock, grad: th.Tensor) -> None:
         if self._collecting_gradients and block in self._pending:
-            start = time.perf_counter()
+            started = self._statistics_clock.start(grad.device)
             self._pending[block]["G"] = block.gradient_factor(grad.detach())
-            self._seconds["statistics"] += time.perf_counter() - start
+            self._statistics_clock.stop(started)
 
     def update_statistics(self, fisher_loss: th.Tensor) -> bool:
         """
@@ -374,7 +410,7 @@ class KFAC(th.optim.Optimizer):
         self._inverses.update(inverses)
         self.counters["float64_retries"] += retries
         self.counters["inverse_failures"] += failures
-        self._seconds["inverse"] += seconds
+        self._inverse_seconds += seconds  # on CUDA too: the decompositions' finiteness checks wait for them
         self.inverse_age = 0
 
     def _timed_inverses(
@@ -509,11 +545,11 @@ class KFAC(th.optim.Optimizer):
             **self._last,
             "damping": float(self.param_groups[0]["damping"]),
             "inverse_age": float(self.inverse_age),
-            "statistics_seconds": self._seconds["statistics"],
-            "inverse_seconds": self._seconds["inverse"],
+            "statistics_seconds": self._statistics_clock.take(),
+            "inverse_seconds": self._inverse_seconds,
             "uncovered_parameters": float(len(self.uncovered_parameters)),
         }
-        self._seconds = dict.fromkeys(self._seconds, 0.0)
+        self._inverse_seconds = 0.0
         out.update({name: float(count) for name, count in self.counters.items()})
         if per_layer:
             for block, inverse in self._inverses.items():
@@ -610,6 +646,7 @@ class KFAC(th.optim.Optimizer):
         # optimizer; torch's Optimizer keeps only its defaults, state and param groups. A thread does not copy.
         state = self.__dict__.copy()
         state["_executor"], state["_inverse_future"] = None, None
+        state["_statistics_clock"] = StatisticsClock()  # CUDA events do not copy
         return state
 
     def remove_hooks(self) -> None:
