@@ -1,6 +1,14 @@
-"""Every Python block of the README and of the documentation runs (with at most ``MAX_TIMESTEPS`` of training)."""
+"""
+Every Python block of the README and of the documentation runs (with at most ``MAX_TIMESTEPS`` of training), and so
+does every documented ``python -m sb3_acktr.zoo`` command (with a short budget). The install and ``make`` commands are
+what the continuous integration runs; the benchmark commands have their own tests (``tests/test_benchmarks.py``).
+"""
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +49,64 @@ def test_python_block_runs(location: str, code: str, tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(ACKTR, "learn", shorter_learn)
     exec(compile(code, location, "exec"), {"__name__": "__main__"})
+
+
+BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
+ZOO_PREFIX = "python -m sb3_acktr.zoo "
+# Short budgets for the documented zoo commands; their options otherwise as written.
+SHORT_BUDGETS = {"-n": "320", "--n-trials": "2"}
+SHORT_OPTIMIZATION = ["--n-jobs", "1", "--n-evaluations", "1", "--eval-episodes", "2"]
+
+
+def zoo_blocks() -> list[tuple[str, list[list[str]]]]:
+    """The documented ``python -m sb3_acktr.zoo`` commands, block by block (a block's commands may depend on each other)."""
+    blocks = []
+    for document in DOCUMENTS:
+        text = document.read_text()
+        for match in BASH_BLOCK.finditer(text):
+            commands = [
+                shlex.split(line.split("#")[0])[3:] for line in match.group(1).splitlines() if line.startswith(ZOO_PREFIX)
+            ]
+            if commands:
+                blocks.append((f"{document.relative_to(ROOT)}:{text[: match.start()].count(chr(10)) + 2}", commands))
+    return blocks
+
+
+def shortened(arguments: list[str]) -> list[str]:
+    """A zoo command with a short budget: fewer steps, no periodic evaluation, fewer and smaller trials."""
+    arguments = list(arguments)
+    for option, value in SHORT_BUDGETS.items():
+        if option in arguments:
+            arguments[arguments.index(option) + 1] = value
+        elif option == "-n":
+            arguments += [option, value]
+    if arguments[0] == "train" and "--eval-freq" not in arguments:
+        arguments += ["--eval-freq", "-1"]
+    if "-optimize" in arguments:
+        arguments += SHORT_OPTIMIZATION
+    return arguments
+
+
+ZOO_BLOCKS = zoo_blocks()
+
+
+def test_the_documents_have_zoo_commands() -> None:
+    assert {location.split(":")[0] for location, _ in ZOO_BLOCKS} >= {"README.md", "docs/guide/rl_zoo.md"}
+    assert shortened(["train", "--env", "X", "-n", "50000", "-optimize", "--n-trials", "50"])[:8] == [
+        "train", "--env", "X", "-n", "320", "-optimize", "--n-trials", "2",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("location, commands", ZOO_BLOCKS, ids=[location for location, _ in ZOO_BLOCKS])
+def test_zoo_commands_run(location: str, commands: list[list[str]], tmp_path: Path) -> None:
+    environment = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    for arguments in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "sb3_acktr.zoo", *shortened(arguments)],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, f"{location}: {' '.join(arguments)}\n{result.stderr[-3000:]}"
