@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import DEVICES
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
@@ -438,3 +439,14 @@ def test_training_goes_through_the_policy_hook() -> None:
     obs = th.as_tensor(model.rollout_buffer.observations.reshape(-1, 4)[:4])
     _, values = forward_actor_critic(model.policy, obs)
     assert th.allclose(values, model.policy.predict_values(obs).flatten())  # training sees the rollouts' values
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])
+def test_trains_on_each_device(device: str, policy: str) -> None:
+    env = FakeImageEnv(screen_height=36, screen_width=36) if policy == "CnnPolicy" else "Pendulum-v1"
+    model = ACKTR(policy, env, n_steps=8, inverse_update_interval=2, log_kl=True, device=device, seed=0)
+    model.learn(8 * 4)
+    assert all(param.device.type == device and th.isfinite(param).all() for param in model.policy.parameters())
+    assert model.kfac.n_steps == 4 and not any(model.kfac.counters.values())
+    assert model.kfac.diagnostics()["inverse_seconds"] >= 0.0
