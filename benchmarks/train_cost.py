@@ -11,11 +11,11 @@ Per update: one rollout is collected once and copied into both models; each then
 ``--rounds`` times; the ratio of the medians is printed. Whole run: ``learn()`` for the same number of timesteps in a
 fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureCNN, ACKTR's K-FAC and AcktrCNN); in
+``cnn-32x20-every-patch`` ACKTR's convolution input factors come from every patch (no sampling), in
 ``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
-Atari section, in ``cnn-32x20-zoo-every-patch`` the same with the convolutions' input factors from every patch (no
-sampling), in ``cnn-32x20-zoo-64`` and ``cnn-32x20-zoo-160`` the same with the statistics on 64 or 160 examples of
-the rollout, in ``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses
-every 100 (each timed over at least one inverse refresh interval).
+Atari section, in ``cnn-32x20-zoo-64`` the same with the statistics on 64 examples of the rollout, in
+``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses every 100 (each
+timed over at least one inverse refresh interval).
 """
 
 import argparse
@@ -83,9 +83,8 @@ CASES: dict[str, dict[str, Any]] = {
     "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
     "cnn-32x20-naturecnn": pong_case(policy_kwargs=NATURE_CNN),
     "cnn-32x20-zoo": pong_case(**zoo_atari_settings()),
-    "cnn-32x20-zoo-every-patch": pong_case(**dict(zoo_atari_settings(), patches_per_feature=None)),
+    "cnn-32x20-every-patch": pong_case(patches_per_feature=None),
     "cnn-32x20-zoo-64": pong_case(**dict(zoo_atari_settings(), stats_batch_size=64)),
-    "cnn-32x20-zoo-160": pong_case(**dict(zoo_atari_settings(), stats_batch_size=160)),
     "cnn-32x20-cheap": pong_case(**CHEAP_ATARI_SETTINGS),
 }
 
