@@ -91,7 +91,7 @@ def test_trust_region_scale_is_one_when_satisfied_and_binds_otherwise() -> None:
 
 def test_natural_gradient_inner_is_the_next_steps_vg_sum_and_leaves_grads_alone() -> None:
     model = small_cnn()
-    optimizer = KFAC(model, lr=0.25, inverse_update_interval=100, warmup_inverses=False)
+    optimizer = KFAC(model, lr=0.25, inverse_update_interval=100)
     inputs, targets = batch()
     full_update(model, optimizer, inputs, targets)  # the first step computes the inverses the next ones reuse
     loss = fisher_and_loss(model, optimizer, inputs, targets)
@@ -317,26 +317,13 @@ def test_module_called_twice_is_rejected_with_its_name() -> None:
         layer(layer(th.randn(2, 3)))
 
 
-@pytest.mark.parametrize("warmup, refreshes", [(True, [1, 2, 4, 8, 18]), (False, [1, 11])])
-def test_young_averages_refresh_the_inverses_at_2_4_8_batches(warmup: bool, refreshes: list[int]) -> None:
-    model = small_cnn()
-    optimizer = KFAC(model, inverse_update_interval=10, warmup_inverses=warmup)
-    inputs, targets = batch()
-    refreshed = []
-    for step in range(1, 21):
-        full_update(model, optimizer, inputs, targets)
-        if optimizer.inverse_age == 1:
-            refreshed.append(step)
-    assert refreshed == refreshes
-
-
 def test_cached_inverses_equal_fresh_ones_at_refresh_steps() -> None:
     inputs, targets = batch()
     directions: dict[int, list[th.Tensor]] = {}
     for interval in (1, 3):
         th.manual_seed(5)
         model = small_cnn()
-        optimizer = KFAC(model, lr=0.0, inverse_update_interval=interval, warmup_inverses=False)
+        optimizer = KFAC(model, lr=0.0, inverse_update_interval=interval)
         directions[interval] = []
         for _ in range(4):
             full_update(model, optimizer, inputs, targets)

@@ -182,9 +182,6 @@ class ACKTR(OnPolicyAlgorithm):
         A2C's level (see ``docs/misc/cost.md``)
     :param stats_update_interval: Update the Kronecker factors every this many updates
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
-    :param warmup_inverses: While the running averages hold fewer than ``inverse_update_interval`` batches, refresh the
-        inverses too when they reach 2, 4, 8, ... batches, so that the first ones (from a single batch) do not stay for
-        a whole interval
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
     :param log_kl: Log the KL divergence between the policies before and after each update (one more forward pass)
     :param log_trust_region_split: Log ``sum <V, grad>`` (the quantity the trust region bounds) of the policy loss with
@@ -243,7 +240,6 @@ class ACKTR(OnPolicyAlgorithm):
         stats_batch_size: int | None = None,
         stats_update_interval: int = 1,
         inverse_update_interval: int = 10,
-        warmup_inverses: bool = True,
         async_inverse: bool = False,
         log_kl: bool = False,
         log_trust_region_split: bool = False,
@@ -311,7 +307,6 @@ class ACKTR(OnPolicyAlgorithm):
         self.stats_batch_size = stats_batch_size
         self.stats_update_interval = stats_update_interval
         self.inverse_update_interval = inverse_update_interval
-        self.warmup_inverses = warmup_inverses
         self.async_inverse = async_inverse
         self.log_kl = log_kl
         self.log_trust_region_split = log_trust_region_split
@@ -378,7 +373,6 @@ class ACKTR(OnPolicyAlgorithm):
             self.policy,
             lr=self.lr_schedule(1),
             kl_clip=kl_clip,
-            warmup_inverses=self.warmup_inverses,
             async_inverse=self.async_inverse,
             trust_regions=trust_regions,
             **self._kfac_kwargs(),

@@ -215,8 +215,6 @@ class KFAC(th.optim.Optimizer):
         the batch's patches per input feature (``in_channels * kh * kw``), drawn at random; None: from every patch
     :param stats_update_interval: update the factors every this many steps
     :param inverse_update_interval: refresh the inverses every this many steps
-    :param warmup_inverses: while the averages hold fewer than ``inverse_update_interval`` batches, refresh the inverses
-        too when they reach 2, 4, 8, ... batches (the first ones come from a single batch)
     :param async_inverse: refresh the inverses in a background thread; the step keeps the previous inverses until
         the new ones are ready (non-deterministic timing)
     :param trust_regions: parameters that get a trust region of their own, instead of sharing the one of all other
@@ -237,7 +235,6 @@ class KFAC(th.optim.Optimizer):
         patches_per_feature: int | None = 4,
         stats_update_interval: int = 1,
         inverse_update_interval: int = 10,
-        warmup_inverses: bool = True,
         async_inverse: bool = False,
         trust_regions: Sequence[dict[str, Any]] = (),
     ) -> None:
@@ -266,7 +263,6 @@ class KFAC(th.optim.Optimizer):
         self.conv_mode: ConvMode = conv_mode
         self.stats_update_interval = stats_update_interval
         self.inverse_update_interval = inverse_update_interval
-        self.warmup_inverses = warmup_inverses
         self.async_inverse = async_inverse
 
         self.blocks: list[KroneckerBlock] = []
@@ -291,7 +287,6 @@ class KFAC(th.optim.Optimizer):
         self._inverse_future: Future | None = None
         self.n_steps = 0
         self.inverse_age = 0
-        self._count_at_refresh = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.consecutive_skipped_steps = 0
         self._last: dict[str, float] = {
@@ -431,14 +426,11 @@ class KFAC(th.optim.Optimizer):
             self._inverse_future = None
         with_statistics = [block for block in self.blocks if "A_average" in self.state.get(block.weight, {})]
         missing = any(block not in self._inverses for block in with_statistics)
-        count = min((self.state[block.weight]["statistics_count"] for block in with_statistics), default=0)
-        young = self._young_refresh_due(count)
-        if not with_statistics or not (missing or young or self.inverse_age >= self.inverse_update_interval):
+        if not with_statistics or not (missing or self.inverse_age >= self.inverse_update_interval):
             return
-        self._count_at_refresh = count
         # Debiased copies of the factors only when a refresh is due.
         factors = {block: f for block in with_statistics if (f := self.factors(block)) is not None}
-        if self.async_inverse and not (missing or young):
+        if self.async_inverse and not missing:
             if self._inverse_future is None:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfac-inverse")
@@ -446,15 +438,6 @@ class KFAC(th.optim.Optimizer):
                 self._inverse_future = self._executor.submit(self._timed_inverses, snapshot, damping)
             return
         self._install_inverses(*self._timed_inverses(factors, damping))
-
-    def _young_refresh_due(self, count: int) -> bool:
-        """
-        While the averages hold fewer than ``inverse_update_interval`` batches, refresh the inverses when they reach 2,
-        4, 8, ... batches: the first inverses come from a single batch, and would otherwise stay for a whole interval.
-        """
-        if not self.warmup_inverses or count >= self.inverse_update_interval or count == self._count_at_refresh:
-            return False
-        return count & (count - 1) == 0
 
     # ------------------------------------------------------------------ step
     def _natural_gradients(self) -> list[Direction]:
@@ -593,7 +576,6 @@ class KFAC(th.optim.Optimizer):
             "inverse_age": self.inverse_age,
             "counters": dict(self.counters),
             "conv_mode": self.conv_mode,
-            "count_at_refresh": self._count_at_refresh,
         }
         return state
 
@@ -609,7 +591,6 @@ class KFAC(th.optim.Optimizer):
         self.n_steps = int(extra["n_steps"])
         self.inverse_age = int(extra["inverse_age"])
         self.counters.update({name: int(value) for name, value in extra["counters"].items()})
-        self._count_at_refresh = int(extra.get("count_at_refresh", self.inverse_update_interval))
         self._inverse_future = None
         self._inverses = {}
         if extra.get("conv_mode", self.conv_mode) != self.conv_mode:
