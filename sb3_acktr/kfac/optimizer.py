@@ -276,6 +276,8 @@ class KFAC(th.optim.Optimizer):
         covered = {id(p) for block in self.blocks for p in block.parameters}
         names = {id(p): name for name, p in model.named_parameters()}
         self.uncovered_parameters: list[str] = [names[id(p)] for p in params if id(p) not in covered]
+        # The param group of each parameter: the groups are fixed once built (a new layout builds a new optimizer).
+        self._group_index = {param: index for index, group in enumerate(self.param_groups) for param in group["params"]}
         self._check_blocks_within_groups()
 
         self._capturing = False
@@ -404,12 +406,15 @@ class KFAC(th.optim.Optimizer):
                 failures += 1
         return inverses, retries, failures
 
-    def _install_inverses(self, result: tuple[dict[KroneckerBlock, BlockInverse], int, int], seconds: float) -> None:
+    def _add_inverses(self, result: tuple[dict[KroneckerBlock, BlockInverse], int, int]) -> None:
         inverses, retries, failures = result
         # A block whose refresh failed keeps its last good inverse.
         self._inverses.update(inverses)
         self.counters["float64_retries"] += retries
         self.counters["inverse_failures"] += failures
+
+    def _install_inverses(self, result: tuple[dict[KroneckerBlock, BlockInverse], int, int], seconds: float) -> None:
+        self._add_inverses(result)
         self._inverse_seconds += seconds  # on CUDA too: the decompositions' finiteness checks wait for them
         self.inverse_age = 0
 
@@ -486,10 +491,9 @@ class KFAC(th.optim.Optimizer):
         self.n_steps += 1
         self.inverse_age += 1
 
-        group_of = {param: index for index, group in enumerate(self.param_groups) for param in group["params"]}
         directions: list[list[Direction]] = [[] for _ in self.param_groups]
         for direction in self._natural_gradients():
-            directions[group_of[direction.params[0]]].append(direction)  # a block lies within one group
+            directions[self._group_index[direction.params[0]]].append(direction)  # a block lies within one group
         vg_sums = trust_region_sums([[(d.natural, d.grad) for d in group_directions] for group_directions in directions])
         for prefix, vg_sum in zip(self._group_prefixes(), vg_sums, strict=True):
             self._last[f"{prefix}vg_sum"] = vg_sum
@@ -529,9 +533,8 @@ class KFAC(th.optim.Optimizer):
         return ["" if index == 0 else f"{group['name']}/" for index, group in enumerate(self.param_groups)]
 
     def _check_blocks_within_groups(self) -> None:
-        group_of = {id(p): index for index, group in enumerate(self.param_groups) for p in group["params"]}
         for block in self.blocks:
-            if len({group_of[id(p)] for p in block.parameters}) > 1:
+            if len({self._group_index[p] for p in block.parameters}) > 1:
                 raise ValueError(f"The weight and bias of layer {block.name!r} are in different trust regions")
 
     # ------------------------------------------------------------------ diagnostics
@@ -636,10 +639,7 @@ class KFAC(th.optim.Optimizer):
                 stacklevel=4,
             )
             factors = {block: f for block in stale if (f := self.factors(block)) is not None}
-            inverses, retries, failures = self._compute_inverses(factors, damping)
-            self._inverses.update(inverses)
-            self.counters["float64_retries"] += retries
-            self.counters["inverse_failures"] += failures
+            self._add_inverses(self._compute_inverses(factors, damping))  # the saved inverse_age stays
 
     def __getstate__(self) -> dict[str, Any]:
         # The whole object, so that copying a model (whose forward hooks refer to this optimizer) copies a working
