@@ -187,6 +187,11 @@ def load_run(env_id: str, algo: str, seed: int, runs: Path | None = None) -> dic
     )
 
 
+def load_runs(env_id: str, algo: str, runs: Path | None = None) -> list[dict]:
+    """The finished runs of a task and algorithm, seeds 0-19 (in ``runs``, or the default folder)."""
+    return [run for seed in range(20) if (run := load_run(env_id, algo, seed, runs)) is not None]
+
+
 def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None, folder: Path | None = None) -> dict:
     """
     One algorithm's row of the table: each measure's mean and std over its seeds (``a2c_level``: A2C's final one;
@@ -250,7 +255,7 @@ def report() -> None:
     for env_id in TASKS:
         curves, kept = {}, set()
         for algo in ALGOS:
-            runs = [run for seed in range(20) if (run := load_run(env_id, algo, seed)) is not None]
+            runs = load_runs(env_id, algo)
             if runs:
                 curves[algo] = runs
             elif algo in previous_curves.get(env_id, {}) and (env_id, algo) in previous_rows:
@@ -278,7 +283,7 @@ def report_variant(runs: Path) -> None:
     rows = []
     for env_id in TASKS:
         for algo in ALGOS:
-            loaded = [run for seed in range(20) if (run := load_run(env_id, algo, seed, runs)) is not None]
+            loaded = load_runs(env_id, algo, runs)
             if loaded:
                 a2c_level = previous_rows.get((env_id, "a2c"), {}).get("training_return_mean")
                 rows.append(table_row(env_id, algo, loaded, a2c_level, runs))
