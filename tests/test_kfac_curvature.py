@@ -164,6 +164,45 @@ def test_shared_input_linear_is_exact() -> None:
     assert th.allclose(kfac, exact, atol=1e-12)
 
 
+class TwoHeads(nn.Module):
+    """Two layers reading the same input (the first layers of separate actor and critic networks), and a third."""
+
+    def __init__(self, conv: bool) -> None:
+        super().__init__()
+        make = (lambda: nn.Conv2d(2, 3, kernel_size=3, stride=2)) if conv else (lambda: nn.Linear(5, 3))
+        self.actor, self.critic = make(), make()
+        self.unbiased = nn.Conv2d(2, 3, kernel_size=3, stride=2, bias=False) if conv else nn.Linear(5, 3, bias=False)
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return th.cat([self.actor(x).flatten(1), self.critic(x).flatten(1), self.unbiased(x).flatten(1)], dim=1)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_layers_reading_one_input_share_its_activation_factor(conv: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Computed once for the two biased layers of one input (another one for the unbiased layer), each still exact."""
+    model = TwoHeads(conv).to(DTYPE)
+    x = th.randn(6, 2, 7, 7, dtype=DTYPE) if conv else th.randn(6, 5, dtype=DTYPE)
+    calls: list[str] = []
+    original = KroneckerBlock.activation_outer
+
+    def counted(block: KroneckerBlock, inputs: th.Tensor) -> tuple[th.Tensor, int]:
+        calls.append(block.name)
+        return original(block, inputs)
+
+    monkeypatch.setattr(KroneckerBlock, "activation_outer", counted)
+    optimizer = KFAC(model, stats_decay=0.0, patches_per_feature=None)
+    with optimizer.capture_statistics():
+        outputs = model(x)
+    optimizer.update_statistics((outputs * th.randn_like(outputs)).sum())
+    assert calls == ["actor", "unbiased"]
+    for block in optimizer.blocks:
+        factors = optimizer.factors(block)
+        assert factors is not None
+        assert th.allclose(factors[0], block.activation_factor(x), atol=1e-12), block.name
+    actor, critic = (optimizer.factors(block) for block in optimizer.blocks[:2])
+    assert actor is not None and critic is not None and not th.allclose(actor[1], critic[1])
+
+
 def test_conv_reduce_is_exact_for_constant_input() -> None:
     """All patches of the datum equal: the reduce approximation of a conv block is exact."""
     model = nn.Sequential(nn.Conv2d(2, 3, kernel_size=2, stride=1), nn.Flatten(), nn.Linear(3 * 3 * 3, 2)).to(DTYPE)

@@ -382,6 +382,23 @@ def test_acktr_cnn_extractor() -> None:
         ACKTR("MlpPolicy", "CartPole-v1", policy_kwargs=dict(features_extractor_class=AcktrCNN))
 
 
+def test_fisher_loss_gradient_is_the_sampled_negative_log_likelihood_and_critic_term() -> None:
+    """Its gradient: -grad log p(a) for actions drawn from the policy, and 2 c (V - y) with y ~ N(V, 1) for the critic."""
+    logits = th.randn(5, 3, requires_grad=True)
+    values = th.randn(5, requires_grad=True)
+    distribution = CategoricalDistribution(3).proba_distribution(logits)
+    validating = distribution.distribution._validate_args
+    th.manual_seed(1)
+    logits_grad, values_grad = th.autograd.grad(fisher_loss(distribution, values, 0.5), [logits, values])
+    assert distribution.distribution._validate_args == validating  # restored after the sampled actions' log_prob
+    th.manual_seed(1)
+    actions = distribution.get_actions(deterministic=False)
+    targets = values.detach() + th.randn_like(values)
+    expected_logits_grad = th.softmax(logits.detach(), dim=1) - th.nn.functional.one_hot(actions, 3)
+    assert th.allclose(logits_grad, expected_logits_grad, atol=1e-6)
+    assert th.allclose(values_grad, 2 * 0.5 * (values.detach() - targets), atol=1e-6)
+
+
 def test_gsde_fisher_samples_are_independent_across_examples(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two identical observations in one batch draw different Fisher actions (one exploration matrix per example)."""
     model = ACKTR("MlpPolicy", "Pendulum-v1", use_sde=True, n_steps=4, seed=0)

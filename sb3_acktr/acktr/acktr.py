@@ -3,7 +3,8 @@ import io
 import math
 import pathlib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -18,6 +19,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
+from torch.distributions import Distribution as TorchDistribution
 from torch.nn import functional as F
 
 from sb3_acktr.acktr.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
@@ -44,17 +46,34 @@ SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscret
 
 def fisher_loss(distribution: Distribution, values: th.Tensor, vf_fisher_coef: float) -> th.Tensor:
     """
-    Negative log-likelihood, summed over the batch, of actions sampled from the current policy, plus
-    ``vf_fisher_coef * sum (V(s) - y)^2`` with ``y ~ N(V(s), 1)``: its gradients sample the joint Fisher of actor
-    and critic. The critic term is the reference implementations' (no 1/2), so that ``vf_fisher_coef`` means what it
-    means there: its Fisher is ``4 * vf_fisher_coef^2`` times the Gauss-Newton matrix of a unit-variance Gaussian critic
-    (0.5 is the unit-variance weight). Entropy is not part of it.
+    A loss whose gradient samples the joint Fisher of actor and critic: that of the negative log-likelihood, summed over
+    the batch, of actions sampled from the current policy, plus ``vf_fisher_coef * sum (V(s) - y)^2`` with
+    ``y ~ N(V(s), 1)`` (held constant). Only its gradient is used, so the critic term is written as the linear function
+    of ``V`` with that gradient, ``-2 vf_fisher_coef sum eps V(s)`` with ``eps = y - V(s) ~ N(0, 1)``. The critic term
+    is the reference implementations' (no 1/2), so that ``vf_fisher_coef`` means what it means there: its Fisher is
+    ``4 * vf_fisher_coef^2`` times the Gauss-Newton matrix of a unit-variance Gaussian critic (0.5 is the unit-variance
+    weight). Entropy is not part of it.
     """
-    sampled_actions = distribution.get_actions(deterministic=False).detach()
-    actor_nll = -distribution.log_prob(sampled_actions).sum()
-    sampled_values = values.detach() + th.randn_like(values)
-    critic_term = ((values - sampled_values) ** 2).sum()
-    return actor_nll + vf_fisher_coef * critic_term
+    with _unvalidated(distribution):  # the actions are the distribution's own samples
+        sampled_actions = distribution.get_actions(deterministic=False).detach()
+        actor_nll = -distribution.log_prob(sampled_actions).sum()
+    critic_term = th.vdot(values, th.randn_like(values).mul_(-2.0 * vf_fisher_coef))
+    return actor_nll + critic_term
+
+
+@contextmanager
+def _unvalidated(distribution: Distribution) -> Iterator[None]:
+    """Inside this context, the torch distributions of ``distribution`` do not check their arguments."""
+    inner = getattr(distribution, "distribution", None)
+    torch_distributions = [d for d in (inner if isinstance(inner, list) else [inner]) if isinstance(d, TorchDistribution)]
+    validating = [d._validate_args for d in torch_distributions]
+    for torch_distribution in torch_distributions:
+        torch_distribution._validate_args = False
+    try:
+        yield
+    finally:
+        for torch_distribution, validate in zip(torch_distributions, validating, strict=True):
+            torch_distribution._validate_args = validate
 
 
 def forward_actor_critic(policy: ActorCriticPolicy, obs: PyTorchObs) -> tuple[Distribution, th.Tensor]:

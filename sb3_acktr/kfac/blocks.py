@@ -156,21 +156,48 @@ class KroneckerBlock:
             return output_grad.permute(0, 2, 3, 1).reshape(-1, output_grad.shape[1]), batch_size
         return output_grad if output_grad.dim() == 2 else output_grad.reshape(-1, output_grad.shape[-1]), batch_size
 
+    @property
+    def activation_key(self) -> tuple:
+        """What ``A`` depends on besides the input: blocks with equal keys fed the same tensor have the same ``A``."""
+        if not self.is_conv:
+            return ("linear", self.bias is not None)
+        conv = self.module
+        assert isinstance(conv, nn.Conv2d)
+        settings = (conv.kernel_size, conv.dilation, conv.padding, conv.stride, self.conv_mode, self.max_patches)
+        return ("conv", self.bias is not None, *settings)
+
+    def activation_outer(self, inputs: th.Tensor) -> tuple[th.Tensor, int]:
+        """
+        :param inputs: the layer's input for one batch
+        :return: the sum of the outer products of the activation rows (with the homogeneous coordinate if biased) and
+            the number of rows: ``A`` is their quotient
+        """
+        columns = self._activation_columns(inputs)
+        return F.linear(columns, columns), columns.shape[1]  # columns @ columns.T in one operation
+
+    def gradient_outer(self, output_grad: th.Tensor) -> tuple[th.Tensor, int]:
+        """
+        :param output_grad: per-example gradients of the Fisher loss with respect to the layer's output
+        :return: the sum of the outer products of the gradient rows and the number of examples: ``G`` is their quotient
+        """
+        rows, batch_size = self._gradient_rows(output_grad)
+        return rows.T @ rows, batch_size
+
     def activation_factor(self, inputs: th.Tensor) -> th.Tensor:
         """
         :param inputs: the layer's input for one batch
         :return: ``A``, the mean outer product of the activation rows (with the homogeneous coordinate if biased)
         """
-        columns = self._activation_columns(inputs)
-        return F.linear(columns, columns) / columns.shape[1]  # columns @ columns.T in one operation
+        outer, n_rows = self.activation_outer(inputs)
+        return outer / n_rows
 
     def gradient_factor(self, output_grad: th.Tensor) -> th.Tensor:
         """
         :param output_grad: per-example gradients of the Fisher loss with respect to the layer's output
         :return: ``G``, the per-example outer product of the output gradients, averaged over examples
         """
-        rows, batch_size = self._gradient_rows(output_grad)
-        return rows.T @ rows / batch_size
+        outer, batch_size = self.gradient_outer(output_grad)
+        return outer / batch_size
 
     def gradient_matrix(self) -> th.Tensor | None:
         """The gradient as the matrix ``M`` of shape ``(out, in [+ 1])``, or None when the weight has no gradient."""

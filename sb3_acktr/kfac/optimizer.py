@@ -282,8 +282,9 @@ class KFAC(th.optim.Optimizer):
 
         self._capturing = False
         self._collecting_gradients = False
-        self._pending: dict[KroneckerBlock, dict[str, th.Tensor]] = {}
+        self._pending: dict[KroneckerBlock, dict[str, tuple[th.Tensor, int]]] = {}
         self._outputs: dict[KroneckerBlock, tuple[th.Tensor, int]] = {}
+        self._shared_inputs: dict[tuple, tuple[th.Tensor, tuple[th.Tensor, int]]] = {}
         self._inverses: dict[KroneckerBlock, BlockInverse] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._inverse_future: Future | None = None
@@ -308,12 +309,13 @@ class KFAC(th.optim.Optimizer):
         Record the inputs of the covered layers during the forward passes run inside this context (with grad
         enabled only: ``no_grad`` forwards never touch the statistics). Follow with :meth:`update_statistics`.
         """
-        self._pending, self._outputs = {}, {}
+        self._pending, self._outputs, self._shared_inputs = {}, {}, {}
         self._capturing = enabled
         try:
             yield
         finally:
             self._capturing = False
+            self._shared_inputs = {}
 
     def _record_input(self, block: KroneckerBlock, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if not self._capturing or not th.is_grad_enabled():
@@ -324,8 +326,7 @@ class KFAC(th.optim.Optimizer):
                 "once per pass. Use separate modules, or exclude this one from the optimizer's model."
             )
         started = self._statistics_clock.start(inputs[0].device)
-        with th.no_grad():
-            self._pending[block] = {"A": block.activation_factor(inputs[0].detach())}
+        self._pending[block] = {"A": self._activation_outer(block, inputs[0])}
         self._statistics_clock.stop(started)
         if isinstance(output, th.Tensor) and output.requires_grad:
             # A tensor hook sees the gradient of this version of the output, even if an in-place
@@ -333,10 +334,21 @@ class KFAC(th.optim.Optimizer):
             output.register_hook(partial(self._record_output_gradient, block))
             self._outputs[block] = (output, output._version)
 
+    def _activation_outer(self, block: KroneckerBlock, inputs: th.Tensor) -> tuple[th.Tensor, int]:
+        """
+        The block's activation outer products, computed once for the layers that read the same input (the first layers
+        of separate actor and critic networks). The input is kept with them, so that its id is not reused.
+        """
+        key = (id(inputs), block.activation_key)
+        if key not in self._shared_inputs:
+            with th.no_grad():
+                self._shared_inputs[key] = (inputs, block.activation_outer(inputs))
+        return self._shared_inputs[key][1]
+
     def _record_output_gradient(self, block: KroneckerBlock, grad: th.Tensor) -> None:
         if self._collecting_gradients and block in self._pending:
             started = self._statistics_clock.start(grad.device)
-            self._pending[block]["G"] = block.gradient_factor(grad.detach())
+            self._pending[block]["G"] = block.gradient_outer(grad)  # no graph: the Fisher pass does not create one
             self._statistics_clock.stop(started)
 
     def update_statistics(self, fisher_loss: th.Tensor) -> bool:
@@ -364,15 +376,16 @@ class KFAC(th.optim.Optimizer):
             self._collecting_gradients = False
         pending, self._pending, self._outputs = self._pending, {}, {}
         complete = [(block, pending[block]) for block in blocks if "G" in pending[block]]
-        if not tensors_finite([factor for _, factors in complete for factor in factors.values()]):
+        outers = [sums[name][0] for _, sums in complete for name in ("A", "G")]
+        if not tensors_finite(outers):
             self.counters["nonfinite_statistics"] += 1
             return False
-        averages, new_factors = [], []
-        for block, factors in complete:
+        averages, weights = [], []
+        for block, sums in complete:
             state = self.state[block.weight]
             if "A_average" not in state:
-                state["A_average"] = th.zeros_like(factors["A"])
-                state["G_average"] = th.zeros_like(factors["G"])
+                state["A_average"] = th.zeros_like(sums["A"][0])
+                state["G_average"] = th.zeros_like(sums["G"][0])
                 state["statistics_count"] = 0
                 state["statistics_weight"] = 0.0
             state["statistics_count"] += 1
@@ -380,9 +393,10 @@ class KFAC(th.optim.Optimizer):
             # correctly when the decay changes (a model loaded with another stats_decay).
             state["statistics_weight"] = self.stats_decay * state["statistics_weight"] + 1.0 - self.stats_decay
             averages += [state["A_average"], state["G_average"]]
-            new_factors += [factors["A"], factors["G"]]
+            # The new factors are the sums divided by their counts: the divisions join the decay's product.
+            weights += [(1 - self.stats_decay) / sums[name][1] for name in ("A", "G")]
         th._foreach_mul_(averages, self.stats_decay)
-        th._foreach_add_(averages, new_factors, alpha=1 - self.stats_decay)
+        th._foreach_add_(averages, th._foreach_mul(outers, weights))  # not in place: layers may share a sum
         return True
 
     def factors(self, block: KroneckerBlock) -> tuple[th.Tensor, th.Tensor] | None:
