@@ -15,6 +15,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_acktr import ACKTR
 from sb3_acktr.kfac import compute_inverse
+from sb3_acktr.kfac.optimizer import AVERAGE_KEYS
 
 
 def parameters_vector(model: ACKTR) -> th.Tensor:
@@ -53,6 +54,24 @@ def test_next_update_after_load_is_bit_identical(tmp_path: Path, kwargs: dict) -
         algorithm.train()
     assert th.equal(parameters_vector(loaded), parameters_vector(model))
     assert not loaded.kfac.counters["skipped_steps"]
+
+
+def test_model_saved_again_before_training_keeps_its_inverses(tmp_path: Path) -> None:
+    """Loading does not compute the inverses; a save before the next update keeps what they are recomputed from."""
+    model = make_model(inverse_update_interval=3)
+    model.learn(16 * 2 * 4, log_interval=10**9)
+    model.save(tmp_path / "first")
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
+    ACKTR.load(tmp_path / "first", env=env).save(tmp_path / "second")
+    loaded = ACKTR.load(tmp_path / "second", env=env)
+    assert not loaded.kfac._inverses
+    loaded.set_logger(Logger(None, []))
+    loaded.rollout_buffer = copy.deepcopy(model.rollout_buffer)
+    for algorithm in (model, loaded):
+        set_random_seed(123)
+        algorithm.train()
+    assert th.equal(parameters_vector(loaded), parameters_vector(model))
+    assert loaded.kfac.counters == model.kfac.counters
 
 
 @pytest.mark.parametrize(
@@ -228,19 +247,63 @@ def load_with(tmp_path: Path, model: ACKTR, **kwargs) -> ACKTR:
 @pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])
 @pytest.mark.parametrize("saved_mode, loaded_mode", [("exact", "factored"), ("factored", "exact")])
 def test_load_with_another_damping_mode_recomputes_the_inverses(tmp_path: Path, policy: str, saved_mode, loaded_mode) -> None:
+    """The inverses are recomputed at load from the factors they were computed from: in the mode given to load."""
     model = small_model(policy, damping_mode=saved_mode)
-    with pytest.warns(UserWarning, match=f"recomputing them with damping_mode='{loaded_mode}'"):
-        loaded = load_with(tmp_path, model, damping_mode=loaded_mode)
+    loaded = load_with(tmp_path, model, damping_mode=loaded_mode)
     kfac = loaded.kfac
+    assert not kfac._inverses  # recomputed by the next step, not by load (a model loaded to predict never needs them)
+    kfac._install_saved_inverses()
     assert kfac.damping_mode == loaded_mode and len(kfac._inverses) == len(kfac.blocks)
-    for block in kfac.blocks:
-        factors = kfac.factors(block)
-        assert factors is not None
-        expected, _ = compute_inverse(*factors, loaded_mode, kfac.param_groups[0]["damping"])
-        grad = th.randn(block.weight.shape[0], factors[0].shape[0])
-        assert th.allclose(kfac._inverses[block].precondition(grad), expected.precondition(grad))
+    for block, saved_block in zip(kfac.blocks, model.kfac.blocks, strict=True):
+        saved = model.kfac._inverses[saved_block]
+        expected, _ = compute_inverse(saved.a_factor, saved.g_factor, loaded_mode, kfac.param_groups[0]["damping"])
+        grad = th.randn(block.weight.shape[0], saved.a_factor.shape[0])
+        assert th.equal(kfac._inverses[block].precondition(grad), expected.precondition(grad))
     loaded.learn(4 * loaded.n_envs * 2)
     assert not any(kfac.counters.values())
+
+
+@pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])
+def test_saved_kfac_state_keeps_triangles_of_factors_and_no_inverse(policy: str) -> None:
+    """Per block: the upper triangles of the averaged factors and of the factors of the inverse, nothing else large."""
+    kfac = small_model(policy).kfac
+    state = kfac.state_dict()
+    index = {id(param): i for i, param in enumerate(param for group in kfac.param_groups for param in group["params"])}
+    for block in kfac.blocks:
+        saved, live = state["state"][index[id(block.weight)]], kfac.state[block.weight]
+        for name, average in (("A", "A_average"), ("G", "G_average")):
+            size = live[average].shape[0]
+            assert saved[average].shape == saved["inverse_factors"][name].shape == (size * (size + 1) // 2,)
+        assert live["A_average"].dim() == 2 and "inverse_factors" not in live  # the live state is not touched
+    floats = [
+        t for entry in state["state"].values() for v in entry.values() for t in (v.values() if isinstance(v, dict) else [v])
+    ]
+    saved_numbers = sum(t.numel() for t in floats if isinstance(t, th.Tensor))
+    factor_sizes = [kfac.state[block.weight][key].shape[0] for block in kfac.blocks for key in AVERAGE_KEYS]
+    momentum = sum(p.numel() for group in kfac.param_groups for p in group["params"])
+    assert saved_numbers <= sum(size * (size + 1) for size in factor_sizes) + momentum + 10 * len(kfac.blocks)
+
+
+def test_state_saved_with_inverses_loads_with_inverses_from_the_averages() -> None:
+    """A state of version 0.4.0 and earlier (the inverses themselves under 'inverse'): recomputed from the averages."""
+    model = small_model("MlpPolicy")  # inverses refreshed by the third update
+    model.train()  # a fourth: the averages move on
+    block = model.kfac.blocks[0]
+    averaged = model.kfac.factors(block)
+    assert averaged is not None and not th.allclose(model.kfac._inverses[block].a_factor, averaged[0])
+    state = model.kfac.state_dict()
+    for entry in state["state"].values():
+        if "inverse_factors" in entry:
+            entry["inverse"] = {"a_matrix": th.zeros(1)}  # the old layout: never read
+            del entry["inverse_factors"]
+    kfac = model.kfac
+    kfac.load_state_dict(state)
+    kfac._install_saved_inverses()
+    for block in kfac.blocks:
+        averaged = kfac.factors(block)
+        assert averaged is not None
+        assert th.equal(kfac._inverses[block].a_factor, (averaged[0] + averaged[0].T) / 2)
+        assert "inverse" not in kfac.state[block.weight]
 
 
 @pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])
@@ -271,7 +334,7 @@ def test_load_with_another_conv_mode_estimates_the_convolutions_anew(tmp_path: P
     kfac = loaded.kfac
     assert all(block.conv_mode == "reduce" for block in kfac.blocks)
     assert [kfac.factors(block) is None for block in kfac.blocks] == [block.is_conv for block in kfac.blocks]
-    assert [block in kfac._inverses for block in kfac.blocks] == [not block.is_conv for block in kfac.blocks]
+    assert [block in kfac._saved_inverse_factors for block in kfac.blocks] == [not block.is_conv for block in kfac.blocks]
     loaded.learn(4 * 2, reset_num_timesteps=False)
     assert all(kfac.factors(block) is not None and block in kfac._inverses for block in kfac.blocks)
     assert not any(kfac.counters.values())

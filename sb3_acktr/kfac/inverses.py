@@ -39,11 +39,14 @@ class BlockInverse:
 
     ``exact`` damping keeps the eigendecompositions ``A = Qa diag(la) Qa^T``, ``G = Qg diag(lg) Qg^T`` and applies
     ``(G (x) A + damping I)^-1`` exactly. ``factored`` damping keeps ``(A + pi sqrt(d) I)^-1`` and
-    ``(G + sqrt(d) / pi I)^-1`` (Martens & Grosse, 2015, section 6.3).
+    ``(G + sqrt(d) / pi I)^-1`` (Martens & Grosse, 2015, section 6.3). The symmetrised factors it was computed from are
+    kept too: a save stores them (half the size of the eigenvectors, symmetric) and a load recomputes the rest.
     """
 
     mode: DampingMode
     damping: float
+    a_factor: th.Tensor
+    g_factor: th.Tensor
     a_matrix: th.Tensor  # Qa (exact) or the damped inverse of A (factored)
     g_matrix: th.Tensor  # Qg (exact) or the damped inverse of G (factored)
     a_eigenvalues: th.Tensor | None = None
@@ -79,31 +82,6 @@ class BlockInverse:
             a_eig = 1.0 / th.linalg.eigvalsh(self.a_matrix)
             g_eig = 1.0 / th.linalg.eigvalsh(self.g_matrix)
         return a_eig.min().item(), a_eig.max().item(), g_eig.min().item(), g_eig.max().item()
-
-    def tensors(self) -> dict[str, th.Tensor]:
-        """The tensors to save; ``pi`` travels as a 0-d tensor so that a state dict holds tensors and numbers only."""
-        out = {"a_matrix": self.a_matrix, "g_matrix": self.g_matrix, "pi": th.tensor(self.pi, dtype=th.float64)}
-        if self.a_eigenvalues is not None and self.g_eigenvalues is not None:
-            out["a_eigenvalues"] = self.a_eigenvalues
-            out["g_eigenvalues"] = self.g_eigenvalues
-        return out
-
-    @staticmethod
-    def saved_mode(tensors: dict[str, th.Tensor]) -> DampingMode:
-        """The damping mode of inverses saved by :meth:`tensors`: exact damping keeps the eigenvalues."""
-        return "exact" if "a_eigenvalues" in tensors else "factored"
-
-    @classmethod
-    def from_tensors(cls, mode: DampingMode, damping: float, tensors: dict[str, th.Tensor]) -> "BlockInverse":
-        return cls(
-            mode=mode,
-            damping=damping,
-            a_matrix=tensors["a_matrix"],
-            g_matrix=tensors["g_matrix"],
-            a_eigenvalues=tensors.get("a_eigenvalues"),
-            g_eigenvalues=tensors.get("g_eigenvalues"),
-            pi=float(tensors["pi"]),
-        )
 
 
 def symmetrize(matrix: th.Tensor) -> th.Tensor:
@@ -168,7 +146,7 @@ def compute_inverse(a_factor: th.Tensor, g_factor: th.Tensor, mode: DampingMode,
     if mode == "exact":
         a_retry, (a_eigenvalues, a_eigenvectors) = _with_float64_retry(_eigh, a_factor)
         g_retry, (g_eigenvalues, g_eigenvectors) = _with_float64_retry(_eigh, g_factor)
-        inverse = BlockInverse(mode, damping, a_eigenvectors, g_eigenvectors, a_eigenvalues, g_eigenvalues)
+        inverse = BlockInverse(mode, damping, a_factor, g_factor, a_eigenvectors, g_eigenvectors, a_eigenvalues, g_eigenvalues)
         return inverse, int(a_retry) + int(g_retry)
     pi = pi_adjustment(a_factor, g_factor)
     root = damping**0.5
@@ -176,4 +154,4 @@ def compute_inverse(a_factor: th.Tensor, g_factor: th.Tensor, mode: DampingMode,
     eye_g = th.eye(g_factor.shape[0], dtype=g_factor.dtype, device=g_factor.device)
     a_retry, (a_inverse,) = _with_float64_retry(_cholesky_inverse, a_factor + pi * root * eye_a)
     g_retry, (g_inverse,) = _with_float64_retry(_cholesky_inverse, g_factor + root / pi * eye_g)
-    return BlockInverse(mode, damping, a_inverse, g_inverse, pi=pi), int(a_retry) + int(g_retry)
+    return BlockInverse(mode, damping, a_factor, g_factor, a_inverse, g_inverse, pi=pi), int(a_retry) + int(g_retry)

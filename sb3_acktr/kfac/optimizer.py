@@ -30,6 +30,9 @@ from sb3_acktr.kfac.blocks import ConvMode, KroneckerBlock, is_supported_layer
 from sb3_acktr.kfac.inverses import BlockInverse, DampingMode, InverseFailure, compute_inverse
 
 COUNTER_NAMES = ("skipped_steps", "nonfinite_statistics", "float64_retries", "inverse_failures")
+AVERAGE_KEYS = ("A_average", "G_average")
+# Where a block's saved state keeps what its inverse is recomputed from ("inverse": version 0.4.0 and earlier).
+SAVED_INVERSE_KEYS = ("inverse_factors", "inverse")
 
 
 def check_number(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
@@ -85,6 +88,26 @@ def check_hyperparameters(
     _check_interval("inverse_update_interval", inverse_update_interval)
     if patches_per_feature is not None:
         _check_interval("patches_per_feature", patches_per_feature)
+
+
+def pack_symmetric(matrix: th.Tensor) -> th.Tensor:
+    """The upper triangle (row by row) of an exactly symmetric matrix, or the matrix itself when it is not symmetric."""
+    if matrix.dim() != 2 or not th.equal(matrix, matrix.T):
+        return matrix
+    rows, columns = th.triu_indices(*matrix.shape, device=matrix.device)
+    return matrix[rows, columns]
+
+
+def unpack_symmetric(tensor: th.Tensor) -> th.Tensor:
+    """Inverse of :func:`pack_symmetric`: the symmetric matrix of an upper triangle (a matrix is returned as it is)."""
+    if tensor.dim() != 1:
+        return tensor
+    size = round((math.sqrt(8 * tensor.numel() + 1) - 1) / 2)
+    rows, columns = th.triu_indices(size, size, device=tensor.device)
+    matrix = tensor.new_empty(size, size)
+    matrix[rows, columns] = tensor
+    matrix[columns, rows] = tensor
+    return matrix
 
 
 def tensors_finite(tensors: Sequence[th.Tensor]) -> bool:
@@ -286,6 +309,7 @@ class KFAC(th.optim.Optimizer):
         self._outputs: dict[KroneckerBlock, tuple[th.Tensor, int]] = {}
         self._shared_inputs: dict[tuple, tuple[th.Tensor, tuple[th.Tensor, int]]] = {}
         self._inverses: dict[KroneckerBlock, BlockInverse] = {}
+        self._saved_inverse_factors: dict[KroneckerBlock, tuple[th.Tensor, th.Tensor]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._inverse_future: Future | None = None
         self.n_steps = 0
@@ -440,6 +464,7 @@ class KFAC(th.optim.Optimizer):
         return result, time.perf_counter() - start
 
     def _refresh_inverses(self, damping: float) -> None:
+        self._install_saved_inverses()
         if self._inverse_future is not None and self._inverse_future.done():
             self._install_inverses(*self._inverse_future.result())
             self._inverse_future = None
@@ -482,6 +507,7 @@ class KFAC(th.optim.Optimizer):
         bounds, for one term of a loss (the policy's or the critic's, say). It uses the inverses of the last step (raw
         gradients where a layer has none yet), keeps the graph and leaves every ``.grad`` as it was.
         """
+        self._install_saved_inverses()
         params = [param for group in self.param_groups for param in group["params"]]
         saved_grads = [param.grad for param in params]
         grads = th.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
@@ -569,6 +595,7 @@ class KFAC(th.optim.Optimizer):
         self._inverse_seconds = 0.0
         out.update({name: float(count) for name, count in self.counters.items()})
         if per_layer:
+            self._install_saved_inverses()
             for block, inverse in self._inverses.items():
                 a_min, a_max, g_min, g_max = inverse.eigenvalue_range()
                 out.update(
@@ -584,10 +611,23 @@ class KFAC(th.optim.Optimizer):
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer's state keyed by parameters (loadable with ``torch.load(weights_only=True)``)."""
-        for block, inverse in self._inverses.items():
-            self.state[block.weight]["inverse"] = inverse.tensors()
+        """
+        The optimizer's state keyed by parameters (loadable with ``torch.load(weights_only=True)``). Each block keeps
+        its averaged factors and the factors its inverse was computed from (``inverse_factors``), symmetric matrices
+        stored as their upper triangles; the inverse itself is recomputed at load.
+        """
         state = super().state_dict()
+        index = {id(param): i for i, param in enumerate(param for group in self.param_groups for param in group["params"])}
+        for block in self.blocks:
+            saved = state["state"].get(index[id(block.weight)])
+            if saved is None:
+                continue
+            saved = {key: pack_symmetric(value) if key in AVERAGE_KEYS else value for key, value in saved.items()}
+            inverse = self._inverses.get(block)
+            factors = (inverse.a_factor, inverse.g_factor) if inverse is not None else self._saved_inverse_factors.get(block)
+            if factors is not None:
+                saved["inverse_factors"] = {"A": pack_symmetric(factors[0]), "G": pack_symmetric(factors[1])}
+            state["state"][index[id(block.weight)]] = saved  # a copy: the live state stays as it is
         state["kfac"] = {
             "n_steps": self.n_steps,
             "inverse_age": self.inverse_age,
@@ -610,12 +650,15 @@ class KFAC(th.optim.Optimizer):
         self.counters.update({name: int(value) for name, value in extra["counters"].items()})
         self._inverse_future = None
         self._inverses = {}
-        if extra.get("conv_mode", self.conv_mode) != self.conv_mode:
-            self._discard_convolution_statistics(extra["conv_mode"])
         for block in self.blocks:
             state = self.state[block.weight]
+            for key in AVERAGE_KEYS:
+                if key in state:
+                    state[key] = unpack_symmetric(state[key])
             if "A_average" in state and "statistics_weight" not in state:  # saved before the weight was kept
                 state["statistics_weight"] = 1.0 - self.stats_decay ** state["statistics_count"]
+        if extra.get("conv_mode", self.conv_mode) != self.conv_mode:
+            self._discard_convolution_statistics(extra["conv_mode"])
         self._restore_inverses()
 
     def _discard_convolution_statistics(self, saved_conv_mode: str) -> None:
@@ -627,33 +670,30 @@ class KFAC(th.optim.Optimizer):
         )
         for block in self.blocks:
             if block.is_conv:
-                for key in ("A_average", "G_average", "statistics_count", "statistics_weight", "inverse"):
+                for key in ("A_average", "G_average", "statistics_count", "statistics_weight", *SAVED_INVERSE_KEYS):
                     self.state[block.weight].pop(key, None)
 
     def _restore_inverses(self) -> None:
         """
-        The saved inverses, or, where they were computed with the other damping mode (a model loaded with another
-        ``damping_mode``), new ones from the saved factors.
+        Keep what the inverses are recomputed from, by the next step (a model loaded to predict never pays for it): the
+        factors they were computed from (the same inverses for the same settings, in this optimizer's damping mode), or
+        the averaged factors in a state saved with the inverses themselves (``inverse``, by version 0.4.0 and earlier).
         """
-        damping = self.param_groups[0]["damping"]
-        stale = []
+        self._saved_inverse_factors = {}
         for block in self.blocks:
-            saved = self.state[block.weight].get("inverse")
-            if saved is None:
-                continue
-            if BlockInverse.saved_mode(saved) == self.damping_mode:
-                self._inverses[block] = BlockInverse.from_tensors(self.damping_mode, damping, saved)
-            else:
-                stale.append(block)
-                del self.state[block.weight]["inverse"]
-        if stale:
-            warnings.warn(
-                f"The saved K-FAC inverses were computed with the other damping mode: recomputing them with "
-                f"damping_mode={self.damping_mode!r} from the saved factors",
-                stacklevel=4,
-            )
-            factors = {block: f for block in stale if (f := self.factors(block)) is not None}
-            self._add_inverses(self._compute_inverses(factors, damping))  # the saved inverse_age stays
+            state = self.state[block.weight]
+            saved = state.pop("inverse_factors", None)
+            if saved is not None:
+                self._saved_inverse_factors[block] = (unpack_symmetric(saved["A"]), unpack_symmetric(saved["G"]))
+            elif state.pop("inverse", None) is not None and (averaged := self.factors(block)) is not None:
+                self._saved_inverse_factors[block] = averaged
+
+    def _install_saved_inverses(self) -> None:
+        """The inverses of a loaded state, with the current damping (their numerical events were counted before saving)."""
+        if self._saved_inverse_factors:
+            inverses, _, _ = self._compute_inverses(self._saved_inverse_factors, self.param_groups[0]["damping"])
+            self._inverses.update(inverses)
+            self._saved_inverse_factors = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # The whole object, so that copying a model (whose forward hooks refer to this optimizer) copies a working
