@@ -10,6 +10,7 @@ averaged factors and an inverse, then is saved; the sizes of the whole zip and o
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from stable_baselines3 import A2C
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -31,7 +32,7 @@ def saved_sizes(model: BaseAlgorithm, folder: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    cases = [
+    cases: list[tuple[str, str, dict[str, Any]]] = [
         ("AcktrCNN (ACKTR's CnnPolicy)", "CnnPolicy", dict(features_extractor_class=AcktrCNN)),
         ("NatureCNN", "CnnPolicy", dict(features_extractor_class=NatureCNN)),
         ("MlpPolicy 64-64 (CartPole)", "MlpPolicy", {}),
@@ -40,7 +41,8 @@ def main() -> None:
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for name, policy, policy_kwargs in cases:
-            env = FakeImageEnv(screen_height=84, screen_width=84, n_channels=4) if policy == "CnnPolicy" else "CartPole-v1"
+            frames = FakeImageEnv(screen_height=84, screen_width=84, n_channels=4)
+            env: Any = frames if policy == "CnnPolicy" else "CartPole-v1"
             for algo_class in (ACKTR, A2C):
                 model = algo_class(policy, env, n_steps=8, seed=0, device="cpu", policy_kwargs=policy_kwargs)
                 model.learn(8 * 3)
