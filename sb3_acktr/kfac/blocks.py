@@ -95,8 +95,9 @@ class KroneckerBlock:
 
     def sampled_patches(self, inputs: th.Tensor, n_patches: int) -> th.Tensor:
         """
-        ``n_patches`` of the batch's ``B * T`` convolution patches, drawn without replacement, as the columns of a
-        ``(C * kh * kw, n_patches)`` matrix (rows ordered like :meth:`patches`). Only the drawn patches are copied.
+        ``n_patches`` of the batch's ``B * T`` convolution patches, drawn without replacement, as the rows of a
+        ``(n_patches, C * kh * kw)`` matrix (columns ordered like the rows of :meth:`patches`). Only the drawn patches
+        are copied.
         """
         conv = self.module
         assert isinstance(conv, nn.Conv2d)
@@ -110,7 +111,7 @@ class KroneckerBlock:
         batch_size, _, height, width = windows.shape[:4]
         drawn = th.randperm(batch_size * height * width, device=inputs.device)[:n_patches]
         patches = windows[drawn // (height * width), :, drawn // width % height, drawn % width]  # (n_patches, C, kh, kw)
-        return patches.reshape(n_patches, -1).T
+        return patches.reshape(n_patches, -1)
 
     def n_patches(self, inputs: th.Tensor) -> int:
         """``B * T``: the number of patches of a convolution's input batch."""
@@ -124,25 +125,31 @@ class KroneckerBlock:
             positions *= (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
         return inputs.shape[0] * positions
 
-    def _activation_columns(self, inputs: th.Tensor) -> th.Tensor:
+    def _samples_patches(self, inputs: th.Tensor) -> bool:
+        return self.max_patches is not None and self.max_patches < self.n_patches(inputs)
+
+    def _activation_rows(self, inputs: th.Tensor) -> th.Tensor:
         """
-        The activation rows as the columns of one ``(D [+ 1], rows)`` matrix, with a last row of ones when the layer
-        has a bias (the homogeneous coordinate), so that a single matrix product gives the whole factor.
+        The activation rows ``(rows, D [+ 1])`` of a linear layer, of a convolution in reduce mode or of the sampled
+        patches, with a last column of ones when the layer has a bias (the homogeneous coordinate).
         """
-        if self.is_conv and self.max_patches is not None and self.max_patches < self.n_patches(inputs):
-            source = self.sampled_patches(inputs, self.max_patches)
-        elif self.is_conv:
-            patches = self.patches(inputs)  # (B, D, T)
-            # Expanded: the (D, B, T) copy and one product beat batched products summed over the batch (1.2-4.8x on
-            # AcktrCNN's layers), whose (B, D, D) result is larger than the patches themselves for deep layers.
-            source = patches.mean(dim=2).T if self.conv_mode == "reduce" else patches.transpose(0, 1)
+        if not self.is_conv:
+            source = inputs if inputs.dim() == 2 else inputs.reshape(-1, inputs.shape[-1])
+        elif self.conv_mode == "reduce":
+            source = self.patches(inputs).mean(dim=2)
         else:
-            # One operation instead of four: the small layers' statistics cost per operation, not per element.
-            source = (inputs if inputs.dim() == 2 else inputs.reshape(-1, inputs.shape[-1])).T
-            return source if self.bias is None else F.pad(source, (0, 0, 0, 1), value=1.0)
-        n_features = source.shape[0]
-        columns = source.new_empty(n_features + int(self.bias is not None), *source.shape[1:])
-        columns[:n_features] = source
+            assert self.max_patches is not None
+            source = self.sampled_patches(inputs, self.max_patches)
+        return source if self.bias is None else F.pad(source, (0, 1), value=1.0)
+
+    def _patch_columns(self, inputs: th.Tensor) -> th.Tensor:
+        """Every patch of a convolution in expand mode as the columns of one ``(D [+ 1], B * T)`` matrix."""
+        patches = self.patches(inputs)  # (B, D, T)
+        # The (D, B, T) copy and one product beat batched products summed over the batch (1.2-4.8x on AcktrCNN's
+        # layers), whose (B, D, D) result is larger than the patches themselves for deep layers.
+        n_features = patches.shape[1]
+        columns = patches.new_empty(n_features + int(self.bias is not None), *patches.transpose(0, 1).shape[1:])
+        columns[:n_features] = patches.transpose(0, 1)
         if self.bias is not None:
             columns[n_features:] = 1.0
         return columns.reshape(columns.shape[0], -1)
@@ -172,8 +179,12 @@ class KroneckerBlock:
         :return: the sum of the outer products of the activation rows (with the homogeneous coordinate if biased) and
             the number of rows: ``A`` is their quotient
         """
-        columns = self._activation_columns(inputs)
-        return F.linear(columns, columns), columns.shape[1]  # columns @ columns.T in one operation
+        if self.is_conv and self.conv_mode == "expand" and not self._samples_patches(inputs):
+            columns = self._patch_columns(inputs)
+            return F.linear(columns, columns), columns.shape[1]  # columns @ columns.T in one operation
+        # As rows: padding a row-major matrix with the ones is cheaper than padding its transpose.
+        rows = self._activation_rows(inputs)
+        return th.mm(rows.T, rows), rows.shape[0]
 
     def gradient_outer(self, output_grad: th.Tensor) -> tuple[th.Tensor, int]:
         """
