@@ -110,6 +110,27 @@ def unpack_symmetric(tensor: th.Tensor) -> th.Tensor:
     return matrix
 
 
+def all_reduce_mean(tensors: Sequence[th.Tensor], process_group: Any) -> list[th.Tensor]:
+    """
+    The means of ``tensors`` over the ranks of ``process_group``: new tensors shaped like them, flattened into one buffer
+    per dtype for one all-reduce each (a sum divided by the world size: gloo has no average).
+    """
+    import torch.distributed as dist
+
+    world_size = dist.get_world_size(process_group)
+    by_dtype: dict[th.dtype, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_dtype.setdefault(tensor.dtype, []).append(index)
+    joined: list[th.Tensor] = list(tensors)
+    for indices in by_dtype.values():
+        buffer = th.cat([tensors[index].reshape(-1) for index in indices])
+        dist.all_reduce(buffer, group=process_group)
+        buffer /= world_size
+        for index, part in zip(indices, buffer.split([tensors[index].numel() for index in indices]), strict=True):
+            joined[index] = part.view_as(tensors[index])
+    return joined
+
+
 def tensors_finite(tensors: Sequence[th.Tensor]) -> bool:
     """
     Whether every element of every tensor is finite, with one host round-trip. The float64 norm of float32 (or smaller)
@@ -243,6 +264,9 @@ class KFAC(th.optim.Optimizer):
     :param trust_regions: parameters that get a trust region of their own, instead of sharing the one of all other
         parameters: a list of dicts with ``params``, ``name`` and optionally ``kl_clip`` (default: ``kl_clip``).
         Each becomes a param group; a layer's weight and bias must stay together. ACKTR uses it for the critic.
+    :param process_group: data parallelism (``torch.distributed``): each rank of this group holds an equal share of the
+        batch, and each step joins the ranks' gradients and new factors with one all-reduce (their means), so that
+        every rank takes the same step as one process on the whole batch would. The ranks' models must start equal.
     """
 
     def __init__(
@@ -260,8 +284,14 @@ class KFAC(th.optim.Optimizer):
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
         trust_regions: Sequence[dict[str, Any]] = (),
+        process_group: Any | None = None,
     ) -> None:
         check_number("lr", lr, 0.0, math.inf)
+        if process_group is not None and async_inverse:
+            raise ValueError(
+                "async_inverse cannot be used with a process_group: each rank would install its new inverses at another "
+                "step and the ranks' parameters would drift apart"
+            )
         check_hyperparameters(
             momentum=momentum,
             kl_clip=kl_clip,
@@ -287,6 +317,7 @@ class KFAC(th.optim.Optimizer):
         self.stats_update_interval = stats_update_interval
         self.inverse_update_interval = inverse_update_interval
         self.async_inverse = async_inverse
+        self.process_group = process_group
 
         self.blocks: list[KroneckerBlock] = []
         self._hooks = []
@@ -310,6 +341,7 @@ class KFAC(th.optim.Optimizer):
         self._shared_inputs: dict[tuple, tuple[th.Tensor, tuple[th.Tensor, int]]] = {}
         self._inverses: dict[KroneckerBlock, BlockInverse] = {}
         self._saved_inverse_factors: dict[KroneckerBlock, tuple[th.Tensor, th.Tensor]] = {}
+        self._unjoined_statistics: list[tuple[KroneckerBlock, dict[str, tuple[th.Tensor, int]]]] = []
         self._executor: ThreadPoolExecutor | None = None
         self._inverse_future: Future | None = None
         self.n_steps = 0
@@ -382,7 +414,8 @@ class KFAC(th.optim.Optimizer):
 
         :param fisher_loss: sum over the batch of the negative log-likelihood of targets sampled from the
             model's own predictive distribution (the true Fisher, not the empirical one)
-        :return: whether the statistics were updated (False when a factor was not finite: the event is counted)
+        :return: whether the statistics were updated (False when a factor was not finite: the event is counted); with a
+            ``process_group``, the factors are joined across the ranks and folded by the next :meth:`step` (True)
         """
         blocks = [block for block in self.blocks if block in self._outputs]
         if not blocks:
@@ -400,6 +433,13 @@ class KFAC(th.optim.Optimizer):
             self._collecting_gradients = False
         pending, self._pending, self._outputs = self._pending, {}, {}
         complete = [(block, pending[block]) for block in blocks if "G" in pending[block]]
+        if self.process_group is not None:
+            self._unjoined_statistics = complete  # joined with the gradients by the next step
+            return True
+        return self._fold_statistics(complete)
+
+    def _fold_statistics(self, complete: list[tuple[KroneckerBlock, dict[str, tuple[th.Tensor, int]]]]) -> bool:
+        """Fold each block's outer-product sums into its running averages, unless one of them is not finite."""
         outers = [sums[name][0] for _, sums in complete for name in ("A", "G")]
         if not tensors_finite(outers):
             self.counters["nonfinite_statistics"] += 1
@@ -483,6 +523,27 @@ class KFAC(th.optim.Optimizer):
             return
         self._install_inverses(*self._timed_inverses(factors, damping))
 
+    # ------------------------------------------------------------------ data parallelism
+    def _join_across_ranks(self) -> None:
+        """
+        Replace every gradient and the outer-product sums of the last statistics by their means over the ranks, with one
+        all-reduce per dtype, then fold the statistics. Every rank then holds the same numbers, so the finiteness checks,
+        inverses and step that follow agree. The ranks must have gradients for the same parameters (the same model and
+        loss on other data).
+        """
+        params = [param for group in self.param_groups for param in group["params"] if param.grad is not None]
+        unjoined, self._unjoined_statistics = self._unjoined_statistics, []
+        outers = [sums[name][0] for _, sums in unjoined for name in ("A", "G")]
+        joined = all_reduce_mean([param.grad for param in params if param.grad is not None] + outers, self.process_group)
+        for param, grad in zip(params, joined, strict=False):
+            param.grad = grad
+        joined_outers = iter(joined[len(params) :])
+        for _, sums in unjoined:
+            for name in ("A", "G"):
+                sums[name] = (next(joined_outers), sums[name][1])
+        if unjoined:
+            self._fold_statistics(unjoined)
+
     # ------------------------------------------------------------------ step
     def _natural_gradients(self) -> list[Direction]:
         """The directions of every block with a gradient (preconditioned when it has inverses) and of every other parameter."""
@@ -527,6 +588,8 @@ class KFAC(th.optim.Optimizer):
         """
         if closure is not None:
             raise ValueError("KFAC.step() takes no closure")
+        if self.process_group is not None:
+            self._join_across_ranks()
         self._refresh_inverses(self.param_groups[0]["damping"])
         self.n_steps += 1
         self.inverse_age += 1
