@@ -1,16 +1,22 @@
-"""Data-parallel K-FAC: ranks of a gloo process group, spawned from the test, against one process on the whole batch."""
+"""Data-parallel K-FAC and ACKTR: ranks of a gloo process group spawned from the test, against one process."""
 
 import time
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch as th
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
+from sb3_acktr import ACKTR
+from sb3_acktr.common import distributed
 from sb3_acktr.kfac import KFAC
 
 WORLD_SIZE = 2
@@ -114,3 +120,85 @@ def test_nonfinite_statistics_of_one_rank_are_skipped_by_every_rank(tmp_path: Pa
 def test_async_inverses_are_refused_with_a_process_group() -> None:
     with pytest.raises(ValueError, match="async_inverse cannot be used with a process_group"):
         KFAC(make_model(), async_inverse=True, process_group=object())
+
+
+N_ENVS, N_STEPS = 2, 4
+
+
+class StopAfterRollouts(BaseCallback):
+    """Stops training (on the rank it is given to) at the first step after its ``n_rollouts``-th rollout."""
+
+    def __init__(self, n_rollouts: int) -> None:
+        super().__init__()
+        self.n_rollouts, self.rollouts = n_rollouts, 0
+
+    def _on_rollout_end(self) -> None:
+        self.rollouts += 1
+
+    def _on_step(self) -> bool:
+        return self.rollouts < self.n_rollouts
+
+
+def _train_acktr(rank: int, init_file: str, out: str) -> None:
+    """Four data-parallel updates on CartPole with VecNormalize and normalised advantages, then a save."""
+    _join_ranks(rank, init_file)
+    env = VecNormalize(make_vec_env("CartPole-v1", n_envs=N_ENVS))
+    model = ACKTR("MlpPolicy", env, n_steps=N_STEPS, normalize_advantage=True, seed=0, distributed=True)
+    model.learn(4 * WORLD_SIZE * N_ENVS * N_STEPS)
+    model.save(Path(out) / "acktr")
+    moments = distributed.global_mean_and_std(th.arange(3.0) + 10 * rank)
+    result = dict(
+        parameters=th.cat([param.detach().reshape(-1) for param in model.policy.parameters()]),
+        num_timesteps=model.num_timesteps,
+        kfac_steps=model.kfac.n_steps,
+        observations=th.as_tensor(model.rollout_buffer.observations),
+        obs_rms=(env.obs_rms.mean.copy(), env.obs_rms.var.copy(), env.obs_rms.count),
+        moments=moments,
+    )
+    th.save(result, Path(out) / f"rank_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _stop_and_unequal_rollouts(rank: int, init_file: str, out: str) -> None:
+    """Rank 1's callback stops after two rollouts; then rank 1 asks for another rollout size than rank 0's."""
+    _join_ranks(rank, init_file)
+    model = ACKTR("MlpPolicy", make_vec_env("CartPole-v1", n_envs=N_ENVS), n_steps=N_STEPS, seed=0, distributed=True)
+    model.learn(10 * WORLD_SIZE * N_ENVS * N_STEPS, callback=StopAfterRollouts(2) if rank == 1 else None)
+    n_steps = N_STEPS + rank
+    unequal = ACKTR("MlpPolicy", make_vec_env("CartPole-v1", n_envs=N_ENVS), n_steps=n_steps, seed=0, distributed=True)
+    try:
+        unequal.learn(100)
+        error = ""
+    except ValueError as raised:
+        error = str(raised)
+    th.save(dict(kfac_steps=model.kfac.n_steps, error=error), Path(out) / f"rank_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_acktr_ranks_train_one_model_on_all_rollouts(tmp_path: Path) -> None:
+    first, second = run_ranks(_train_acktr, tmp_path)
+    assert th.equal(first["parameters"], second["parameters"])  # the same step on every rank
+    assert not th.equal(first["observations"], second["observations"])  # from environments seeded apart
+    assert first["num_timesteps"] == second["num_timesteps"] == 4 * WORLD_SIZE * N_ENVS * N_STEPS
+    assert first["kfac_steps"] == second["kfac_steps"] == 4
+    for first_value, second_value in zip(first["obs_rms"], second["obs_rms"], strict=True):
+        assert np.array_equal(first_value, second_value)
+    # Every observation of both ranks: a reset and N_STEPS steps per update and environment (the last one's reset too).
+    assert first["obs_rms"][2] == pytest.approx(1e-4 + WORLD_SIZE * N_ENVS * (1 + 4 * N_STEPS))
+    values = th.cat([th.arange(3.0) + 10 * rank for rank in range(WORLD_SIZE)])
+    for moments in (first["moments"], second["moments"]):
+        assert th.allclose(moments[0], values.mean()) and th.allclose(moments[1], values.std())
+
+    # Saved by rank 0, the model loads in one process and trains on.
+    loaded = ACKTR.load(tmp_path / "acktr", env=make_vec_env("CartPole-v1", n_envs=N_ENVS))
+    assert loaded._process_group is None
+    assert th.equal(th.cat([param.detach().reshape(-1) for param in loaded.policy.parameters()]), first["parameters"])
+    loaded.learn(N_ENVS * N_STEPS, reset_num_timesteps=False)
+    assert loaded.kfac.n_steps == 5
+
+
+def test_a_callback_stopping_one_rank_stops_all_and_unequal_rollouts_are_refused(tmp_path: Path) -> None:
+    first, second = run_ranks(_stop_and_unequal_rollouts, tmp_path)
+    assert first["kfac_steps"] == second["kfac_steps"] == 2  # rank 1 stopped in its third rollout, rank 0 with it
+    for result in (first, second):
+        assert "the same rollout size (n_envs * n_steps) on every rank" in result["error"]

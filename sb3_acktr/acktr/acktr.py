@@ -3,27 +3,32 @@ import io
 import math
 import pathlib
 import warnings
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
+import torch.distributed as dist
 from gymnasium import spaces
 from stable_baselines3.common.base_class import maybe_make_env
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution, kl_divergence
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
 from torch.distributions import Distribution as TorchDistribution
 from torch.nn import functional as F
 
 from sb3_acktr.acktr.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_acktr.acktr.resume import RolloutStart, all_finite, capture_random_state, restore_random_state
+from sb3_acktr.common import distributed
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
@@ -202,6 +207,11 @@ class ACKTR(OnPolicyAlgorithm):
     :param stats_update_interval: Update the Kronecker factors every this many updates
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
+    :param distributed: Train data-parallel on ``torch.distributed``: each process (rank) collects its own rollouts
+        (seeds offset by rank), and one all-reduce per update joins the ranks' gradients and Kronecker factors, so that
+        every rank takes the step one process would take on all the ranks' rollouts. ``None`` (default): when launched
+        by ``torchrun`` with several processes (or in a process group of several). Rank 0 logs and saves; the others
+        stay silent. ``stats_batch_size`` and ``patches_per_feature`` apply per rank
     :param log_kl: Log the KL divergence between the policies before and after each update (one more forward pass)
     :param log_trust_region_split: Log ``sum <V, grad>`` (the quantity the trust region bounds) of the policy loss with
         its entropy term alone (``train/actor_vg``) and of the weighted value loss alone (``train/critic_vg``), with the
@@ -260,6 +270,7 @@ class ACKTR(OnPolicyAlgorithm):
         stats_update_interval: int = 1,
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
+        distributed: bool | None = None,
         log_kl: bool = False,
         log_trust_region_split: bool = False,
         use_sde: bool = False,
@@ -327,6 +338,8 @@ class ACKTR(OnPolicyAlgorithm):
         self.stats_update_interval = stats_update_interval
         self.inverse_update_interval = inverse_update_interval
         self.async_inverse = async_inverse
+        self.distributed = distributed
+        self._process_group: Any | None = None
         self.log_kl = log_kl
         self.log_trust_region_split = log_trust_region_split
         # Checked before any network is built, so that a bad value costs nothing (both bounds: by _trust_region_bounds).
@@ -334,6 +347,7 @@ class ACKTR(OnPolicyAlgorithm):
         _warn_if_first_order_learning_rate(learning_rate)
 
         self._rollout_start: RolloutStart | None = None
+        self._moments_at_last_join: list[RunningMeanStd] | None = None
         self._saved_random_state: dict[str, Any] | None = None
 
         if _init_setup_model:
@@ -353,6 +367,11 @@ class ACKTR(OnPolicyAlgorithm):
         )
 
     def _setup_model(self) -> None:
+        self._process_group = None
+        if self.distributed or (self.distributed is None and distributed.launched_on_several_processes()):
+            self.device = distributed.local_device(self.device)
+            distributed.join_process_group(self.device)
+            self._process_group = dist.group.WORLD
         super()._setup_model()
         if not isinstance(self.policy, ActorCriticPolicy):
             raise TypeError(
@@ -361,6 +380,14 @@ class ACKTR(OnPolicyAlgorithm):
             )
         _check_training_interface(self.policy)
         self._build_optimizer()
+        if self._process_group is not None:
+            distributed.broadcast_from_first_rank([*self.policy.parameters(), *self.policy.buffers()])
+
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """Seed the random generators; in data-parallel training, each rank from ``seed + rank * n_envs``."""
+        if seed is not None and self._process_group is not None:
+            seed += distributed.rank() * self.n_envs
+        super().set_random_seed(seed)
 
     def _trust_region_bounds(self, progress_remaining: float = 1.0) -> list[float]:
         """
@@ -394,6 +421,7 @@ class ACKTR(OnPolicyAlgorithm):
             kl_clip=kl_clip,
             async_inverse=self.async_inverse,
             trust_regions=trust_regions,
+            process_group=self._process_group,
             **self._kfac_kwargs(),
         )
         if self.policy.optimizer.uncovered_parameters and self.verbose >= 1:
@@ -510,7 +538,7 @@ class ACKTR(OnPolicyAlgorithm):
             entropy = distribution.entropy()
             advantages = rollout_data.advantages
             if self.normalize_advantage and len(advantages) > 1:  # one example has no spread (PPO's guard)
-                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                advantages = self._normalize(advantages)
 
             policy_loss = -(advantages * log_prob).mean()
             value_loss = F.mse_loss(rollout_data.returns, values)
@@ -548,6 +576,14 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         for key, value in kfac.diagnostics(per_layer=self.verbose >= 2).items():
             self.logger.record(f"kfac/{key}", value)
+
+    def _normalize(self, advantages: th.Tensor) -> th.Tensor:
+        """Advantages standardised by their mean and standard deviation over the rollout (of every rank)."""
+        if self._process_group is not None:
+            mean, std = distributed.global_mean_and_std(advantages)
+        else:
+            mean, std = advantages.mean(), advantages.std()
+        return (advantages - mean) / (std + 1e-8)
 
     def _update_statistics(self, observations: PyTorchObs) -> None:
         """Curvature statistics from a forward and a Fisher backward pass of their own over ``observations``."""
@@ -593,7 +629,7 @@ class ACKTR(OnPolicyAlgorithm):
             self.num_timesteps, copy.deepcopy(self._last_obs), copy.deepcopy(self._last_episode_starts), capture_random_state()
         )
         try:
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+            continue_training = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         except ValueError as error:
             if not all_finite(self._last_obs):
                 raise ValueError(
@@ -602,6 +638,35 @@ class ACKTR(OnPolicyAlgorithm):
                     "observation (e.g. with VecNormalize or an ObservationWrapper)."
                 ) from error
             raise
+        if self._process_group is not None:
+            continue_training = self._join_rollouts(env, continue_training, n_rollout_steps)
+        return continue_training
+
+    def _join_rollouts(self, env: VecEnv, continue_training: bool, n_rollout_steps: int) -> bool:
+        """
+        After each rank's rollout: go on only if every rank's callbacks agree, count the timesteps of all ranks, and
+        join the ranks' ``VecNormalize`` statistics.
+        """
+        continue_training = distributed.all_ranks_agree(continue_training)
+        self.num_timesteps += (dist.get_world_size() - 1) * n_rollout_steps * env.num_envs
+        normalization = unwrap_vec_normalize(env)
+        if normalization is not None and normalization.training and self._moments_at_last_join is not None:
+            for before, after in zip(self._moments_at_last_join, running_moments(normalization), strict=True):
+                distributed.join_running_moments(before, after)
+            self._moments_at_last_join = copy.deepcopy(running_moments(normalization))
+        return continue_training
+
+    def dump_logs(self, iteration: int = 0) -> None:
+        """SB3's logs; in data-parallel training, with the episodes of every rank (written by rank 0)."""
+        if self._process_group is None or self.ep_info_buffer is None:
+            super().dump_logs(iteration)
+            return
+        own_episodes = self.ep_info_buffer
+        self.ep_info_buffer = deque(distributed.gather_episodes(own_episodes))
+        try:
+            super().dump_logs(iteration)
+        finally:
+            self.ep_info_buffer = own_episodes
 
     def save(
         self,
@@ -615,7 +680,10 @@ class ACKTR(OnPolicyAlgorithm):
         A model saved while a rollout is being collected or trained on (e.g. by ``CheckpointCallback``) is saved as
         of the start of that rollout: loaded with ``force_reset=False`` and trained with ``reset_num_timesteps=False``
         on an environment in the state it had then, it repeats that rollout and continues exactly as the original run.
+        In data-parallel training, only rank 0 saves (every rank holds the same model).
         """
+        if self._process_group is not None and distributed.rank() != 0:
+            return
         start = self._rollout_start
         current = (self.num_timesteps, self._last_obs, self._last_episode_starts)
         if start is not None:
@@ -632,7 +700,8 @@ class ACKTR(OnPolicyAlgorithm):
             self._saved_random_state = None
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_rollout_start"]
+        # Whether training is data-parallel depends on how the loading process is launched, not on the saved one.
+        return [*super()._excluded_save_params(), "_rollout_start", "distributed", "_process_group", "_moments_at_last_join"]
 
     def _setup_learn(
         self,
@@ -647,7 +716,16 @@ class ACKTR(OnPolicyAlgorithm):
             # Resuming a loaded checkpoint: continue the random streams where the saved run was.
             restore_random_state(self._saved_random_state)
         self._saved_random_state = None
-        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if self._process_group is None:
+            return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        distributed.check_equal_on_every_rank("rollout size (n_envs * n_steps)", self.n_envs * self.n_steps)
+        normalization = unwrap_vec_normalize(self.env) if self.env is not None else None
+        # Equal on every rank here (new, or loaded from one file), before the reset adds each rank's first observations.
+        self._moments_at_last_join = copy.deepcopy(running_moments(normalization)) if normalization is not None else None
+        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if distributed.rank() != 0:
+            self._logger = Logger(None, [])
+        return result
 
     def _check_optimizer_owns_parameters(self) -> None:
         owned = {id(param) for group in self.kfac.param_groups for param in group["params"]}
@@ -714,3 +792,14 @@ def _check_observation_space(space: spaces.Space) -> None:
                 f"ACKTR does not support {type(subspace).__name__} observation spaces ({subspace}): use Box, Discrete, "
                 "MultiDiscrete, MultiBinary, or a flat Dict of these"
             )
+
+
+def running_moments(normalization: VecNormalize) -> list[RunningMeanStd]:
+    """The running moments that a ``VecNormalize`` updates: of each observation (key) it normalises, and of the returns."""
+    moments = []
+    if normalization.norm_obs:
+        obs_rms = normalization.obs_rms
+        moments += [obs_rms[key] for key in normalization.norm_obs_keys or []] if isinstance(obs_rms, dict) else [obs_rms]
+    if normalization.norm_reward:
+        moments.append(normalization.ret_rms)
+    return moments
