@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
@@ -147,12 +148,14 @@ def _train_acktr(rank: int, init_file: str, out: str) -> None:
     model.learn(4 * WORLD_SIZE * N_ENVS * N_STEPS)
     model.save(Path(out) / "acktr")
     moments = distributed.global_mean_and_std(th.arange(3.0) + 10 * rank)
+    obs_rms = env.obs_rms
+    assert isinstance(obs_rms, RunningMeanStd)
     result = dict(
         parameters=th.cat([param.detach().reshape(-1) for param in model.policy.parameters()]),
         num_timesteps=model.num_timesteps,
         kfac_steps=model.kfac.n_steps,
         observations=th.as_tensor(model.rollout_buffer.observations),
-        obs_rms=(env.obs_rms.mean.copy(), env.obs_rms.var.copy(), env.obs_rms.count),
+        obs_rms=(obs_rms.mean.copy(), obs_rms.var.copy(), obs_rms.count),
         moments=moments,
     )
     th.save(result, Path(out) / f"rank_{rank}.pt")
