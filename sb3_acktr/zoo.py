@@ -8,10 +8,19 @@ rl-zoo3 integration: ACKTR as a zoo algorithm, with this package's hyperparamete
 
 Every rl-zoo3 option is passed through. ``--algo`` defaults to ``acktr``, and ``train`` of ACKTR reads
 ``sb3_acktr/hyperparams/acktr.yml`` unless ``-conf``/``--conf-file`` is given (other algorithms use the zoo's files).
+
+Launched by torchrun with several processes, ``train`` trains ACKTR data-parallel: rank 0 writes the usual log folder,
+evaluates and saves; the other ranks write to a temporary folder and neither evaluate nor print::
+
+    torchrun --standalone --nproc_per_node=2 -m sb3_acktr.zoo train --env CartPole-v1
 """
 
+import atexit
+import os
 import runpy
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -130,11 +139,29 @@ def zoo_arguments(command: str, arguments: list[str]) -> list[str]:
     return arguments
 
 
+def rank_arguments(command: str, arguments: list[str]) -> list[str]:
+    """
+    Under torchrun with several processes, ``train``'s command line on this rank: rank 0's as given; the other ranks
+    write to a temporary folder, do not evaluate, checkpoint or print (they train the same model as rank 0).
+    """
+    if command != "train" or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return arguments
+    if {"-optimize", "--optimize-hyperparameters"} & set(arguments):
+        raise SystemExit("Hyperparameter optimisation does not run data-parallel: launch it without torchrun")
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return arguments
+    folder = tempfile.mkdtemp(prefix=f"sb3_acktr_rank_{rank}_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return [*arguments, "-f", folder, "--eval-freq", "-1", "--save-freq", "-1", "--verbose", "0"]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         raise SystemExit(f"usage: python -m sb3_acktr.zoo {{{','.join(COMMANDS)}}} [rl-zoo3 options]\n{__doc__}")
-    command, arguments = argv[0], zoo_arguments(argv[0], argv[1:])
+    command = argv[0]
+    arguments = rank_arguments(command, zoo_arguments(command, argv[1:]))
     register()
     sys.argv = [f"rl_zoo3.{command}", *arguments]
     if command == "train":

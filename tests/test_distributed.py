@@ -1,5 +1,8 @@
 """Data-parallel K-FAC and ACKTR: ranks of a gloo process group spawned from the test, against one process."""
 
+import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +25,7 @@ from sb3_acktr.kfac import KFAC
 
 WORLD_SIZE = 2
 DTYPE = th.float64
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_model() -> nn.Module:
@@ -205,3 +209,21 @@ def test_a_callback_stopping_one_rank_stops_all_and_unequal_rollouts_are_refused
     assert first["kfac_steps"] == second["kfac_steps"] == 2  # rank 1 stopped in its third rollout, rank 0 with it
     for result in (first, second):
         assert "the same rollout size (n_envs * n_steps) on every rank" in result["error"]
+
+
+def torchrun(*arguments: str) -> None:
+    """Run ``torchrun --standalone`` with two processes on this machine, failing on error or after three minutes."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}", *arguments]
+    subprocess.run(command, check=True, timeout=180, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_example_trains_under_torchrun_and_rank_0_saves(tmp_path: Path) -> None:
+    torchrun("examples/train_distributed.py", "--timesteps", "1600", "--save-dir", str(tmp_path))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["final_model.zip"]
+    assert ACKTR.load(tmp_path / "final_model").num_timesteps == 1600
+
+
+def test_zoo_trains_under_torchrun_into_one_log_folder(tmp_path: Path) -> None:
+    torchrun("-m", "sb3_acktr.zoo", "train", "--env", "CartPole-v1", "-n", "1280", "-f", str(tmp_path), "--seed", "0")
+    (run,) = (tmp_path / "acktr").iterdir()  # rank 1 wrote elsewhere
+    assert ACKTR.load(run / "CartPole-v1.zip").num_timesteps == 1280
