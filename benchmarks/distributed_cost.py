@@ -1,0 +1,120 @@
+"""
+What data-parallel ACKTR costs: the bytes that each update all-reduces, what they mean on a network, and timesteps
+per second with 1 and 2 processes on this machine.
+
+    python benchmarks/distributed_cost.py                 # bytes per update and the all-reduce time on paper
+    python benchmarks/distributed_cost.py --fps           # also: timesteps per second, 1 and 2 ranks (torchrun)
+
+Per update, each rank sends its gradient (every trainable parameter) and, when the statistics are due (every update
+by default), the new sums of its Kronecker factors (``A``: ``(in + 1)^2``, ``G``: ``out^2`` per layer), in float32.
+A ring all-reduce of ``S`` bytes over ``N`` ranks moves ``2 (N - 1) / N * S`` bytes through each rank's link: on paper,
+at ``B`` bits per second, ``16 (N - 1) / N * S / B`` seconds (latency and overlap aside). ``--fps`` runs
+``learn()`` under ``torchrun --standalone`` on this machine (gloo, one thread per rank) for CartPole (8 environments
+per rank) and Atari frames (8 per rank), each rank stepping its own environments.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch as th
+from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.envs import FakeImageEnv
+from stable_baselines3.common.torch_layers import NatureCNN
+from stable_baselines3.common.vec_env import VecFrameStack
+
+from sb3_acktr import ACKTR, AcktrCNN
+
+NETWORKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "AcktrCNN": ("CnnPolicy", dict(features_extractor_class=AcktrCNN)),
+    "NatureCNN": ("CnnPolicy", dict(features_extractor_class=NatureCNN)),
+    "MLP 64-64 (CartPole)": ("MlpPolicy", {}),
+}
+RANKS = (8, 64)
+GIGABITS = (10, 100)
+
+
+def bytes_per_update(policy: str, policy_kwargs: dict[str, Any]) -> tuple[int, int]:
+    """Bytes of the gradient and of the new factor sums that one update all-reduces (float32)."""
+    env: Any = FakeImageEnv(screen_height=84, screen_width=84, n_channels=4) if policy == "CnnPolicy" else "CartPole-v1"
+    kfac = ACKTR(policy, env, policy_kwargs=policy_kwargs, device="cpu").kfac
+    gradient = sum(param.numel() for group in kfac.param_groups for param in group["params"])
+    factors = 0
+    for block in kfac.blocks:
+        inputs = block.weight[0].numel() + int(block.bias is not None)
+        factors += inputs**2 + block.weight.shape[0] ** 2
+    return 4 * gradient, 4 * factors
+
+
+def all_reduce_seconds(n_bytes: int, ranks: int, gigabits: float) -> float:
+    return 2 * (ranks - 1) / ranks * n_bytes * 8 / (gigabits * 1e9)
+
+
+def print_bytes() -> None:
+    columns = ["network", "gradient MiB", "factors MiB"]
+    columns += [f"{ranks} ranks, {gb} Gb/s, ms" for ranks in RANKS for gb in GIGABITS]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for name, (policy, policy_kwargs) in NETWORKS.items():
+        gradient, factors = bytes_per_update(policy, policy_kwargs)
+        times = [1000 * all_reduce_seconds(gradient + factors, ranks, gb) for ranks in RANKS for gb in GIGABITS]
+        cells = [name, f"{gradient / 2**20:.1f}", f"{factors / 2**20:.1f}", *(f"{t:.1f}" for t in times)]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def worker(task: str, timesteps: int) -> None:
+    """Run under torchrun: learn, and rank 0 prints the timesteps per second of all ranks together."""
+    th.set_num_threads(1)
+    rank = int(os.environ.get("RANK", "0"))
+    if task == "atari":
+        import ale_py
+        import gymnasium
+
+        gymnasium.register_envs(ale_py)
+        env = VecFrameStack(make_atari_env("PongNoFrameskip-v4", n_envs=8, seed=rank), n_stack=4)
+        model = ACKTR("CnnPolicy", env, stats_batch_size=160, vf_kl_clip=None, device="cpu", seed=0)
+    else:
+        model = ACKTR("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8), device="cpu", seed=0)
+    model.learn(model.n_steps * model.n_envs)  # start-up: first inverses and allocations
+    start = time.perf_counter()
+    model.learn(timesteps, reset_num_timesteps=False)
+    seconds = time.perf_counter() - start
+    if rank == 0:
+        print(json.dumps(dict(fps=timesteps / seconds)))
+
+
+def measured_fps(task: str, ranks: int, timesteps: int) -> float:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", __file__]
+    command += ["--worker", task, "--timesteps", str(timesteps)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(output.strip().splitlines()[-1])["fps"])
+
+
+def print_fps() -> None:
+    print("| task | 1 rank fps | 2 ranks fps | ratio |")
+    print("|---|---|---|---|")
+    for task, timesteps in (("cartpole", 40_000), ("atari", 6_400)):
+        one, two = measured_fps(task, 1, timesteps), measured_fps(task, 2, timesteps)
+        print(f"| {task} | {one:.0f} | {two:.0f} | {two / one:.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fps", action="store_true", help="also measure timesteps per second with 1 and 2 ranks")
+    parser.add_argument("--worker", choices=["cartpole", "atari"], help=argparse.SUPPRESS)
+    parser.add_argument("--timesteps", type=int, default=40_000, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.timesteps)
+        return
+    print_bytes()
+    if args.fps:
+        print_fps()
+
+
+if __name__ == "__main__":
+    main()
