@@ -182,6 +182,27 @@ def _stop_and_unequal_rollouts(rank: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _continue_single_process_model(rank: int, init_file: str, out: str) -> None:
+    """Every rank loads a model saved by one process and trains it on, data-parallel."""
+    _join_ranks(rank, init_file)
+    model = ACKTR.load(Path(out) / "single", env=make_vec_env("CartPole-v1", n_envs=N_ENVS), seed=1)
+    model.learn(WORLD_SIZE * N_ENVS * N_STEPS, reset_num_timesteps=False)
+    parameters = th.cat([param.detach().reshape(-1) for param in model.policy.parameters()])
+    draw = th.rand(1)  # after as many draws on every rank
+    th.save(dict(parameters=parameters, kfac_steps=model.kfac.n_steps, draw=draw), Path(out) / f"rank_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_model_of_one_process_continues_on_several(tmp_path: Path) -> None:
+    single = ACKTR("MlpPolicy", make_vec_env("CartPole-v1", n_envs=N_ENVS), n_steps=N_STEPS, seed=0)
+    single.learn(2 * N_ENVS * N_STEPS)
+    single.save(tmp_path / "single")
+    first, second = run_ranks(_continue_single_process_model, tmp_path)
+    assert th.equal(first["parameters"], second["parameters"])
+    assert first["kfac_steps"] == 3
+    assert not th.equal(first["draw"], second["draw"])  # rank 1 did not take the saved random streams of rank 0
+
+
 def test_acktr_ranks_train_one_model_on_all_rollouts(tmp_path: Path) -> None:
     first, second = run_ranks(_train_acktr, tmp_path)
     assert th.equal(first["parameters"], second["parameters"])  # the same step on every rank

@@ -712,8 +712,10 @@ class ACKTR(OnPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
         self._check_optimizer_owns_parameters()
-        if not reset_num_timesteps and self._saved_random_state is not None:
-            # Resuming a loaded checkpoint: continue the random streams where the saved run was.
+        first_rank = self._process_group is None or distributed.rank() == 0
+        if not reset_num_timesteps and self._saved_random_state is not None and first_rank:
+            # Resuming a loaded checkpoint: continue the random streams where the saved run was (the other ranks keep
+            # their own streams, seeded apart).
             restore_random_state(self._saved_random_state)
         self._saved_random_state = None
         if self._process_group is None:
