@@ -133,10 +133,14 @@ def all_reduce_mean(tensors: Sequence[th.Tensor], process_group: Any) -> list[th
 
 def tensors_finite(tensors: Sequence[th.Tensor]) -> bool:
     """
-    Whether every element of every tensor is finite, with one host round-trip. The float64 norm of float32 (or smaller)
-    elements cannot overflow, so it is finite exactly when they all are.
+    Whether every element of every tensor is finite, with one host round-trip when they are. The norms in the tensors'
+    dtype are finite when every element is and nothing overflows; only when they are not are the norms taken again in
+    float64, where the squares of float32 (or smaller) elements cannot overflow, so that they are finite exactly when the
+    elements are.
     """
     if not tensors:
+        return True
+    if bool(th.stack(th._foreach_norm(list(tensors), 2)).sum().isfinite()):
         return True
     return bool(th.stack(th._foreach_norm(list(tensors), 2, dtype=th.float64)).sum().isfinite())
 
