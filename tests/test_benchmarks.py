@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from sb3_acktr import ACKTR
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import critic_curvature
+import distributed_cost
 import first_reach
 import profile_update
 import sample_efficiency
+import save_size
 import subset_statistics
 import train_cost
 
@@ -146,3 +150,19 @@ def test_profile_update_phases_and_round_trips(capsys: pytest.CaptureFixture[str
     # One for the statistics' finiteness, one for the trust-region sums, three losses logged (as A2C), the rest the
     # amortised inverse refresh (a float() and an isfinite per parameter and per factor would make it 44).
     assert profile_update.syncs(model, n_updates=10) <= 12
+
+
+def test_distributed_cost_counts_the_bytes_of_gradient_and_factors() -> None:
+    gradient, factors = distributed_cost.bytes_per_update("MlpPolicy", {})
+    # CartPole's MlpPolicy: separate 64-64 actor and critic networks on 4 inputs, 2 logits and 1 value.
+    layers = [(4, 64), (64, 64), (4, 64), (64, 64), (64, 2), (64, 1)]
+    assert gradient == 4 * sum((inputs + 1) * outputs for inputs, outputs in layers)
+    assert factors == 4 * sum((inputs + 1) ** 2 + outputs**2 for inputs, outputs in layers)
+    assert distributed_cost.all_reduce_seconds(10**9, 2, 8.0) == pytest.approx(1.0)  # 1 GB through one link at 8 Gb/s
+
+
+def test_save_size_reads_the_optimizer_state_in_the_zip(tmp_path: Path) -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8)
+    model.learn(8 * 2)
+    total, optimizer = save_size.saved_sizes(model, tmp_path)
+    assert 0 < optimizer < total
