@@ -5,6 +5,7 @@ per second with 1 and 2 processes on this machine.
     python benchmarks/distributed_cost.py                 # bytes per update and the all-reduce time on paper
     python benchmarks/distributed_cost.py --fps           # also: timesteps per second, 1 and 2 ranks (torchrun)
     python benchmarks/distributed_cost.py --inverses      # also: an inverse refresh on 2 ranks, every block or half each
+    python benchmarks/distributed_cost.py --learning --seeds 0 1 2   # also: CartPole on 2 ranks x 4 environments
 
 Per update, each rank sends its gradient (every trainable parameter) and, when the statistics are due (every update
 by default), the new sums of its Kronecker factors (``A``: ``(in + 1)^2``, ``G``: ``out^2`` per layer), in float32.
@@ -14,7 +15,10 @@ at ``B`` bits per second, ``16 (N - 1) / N * S / B`` seconds (latency and overla
 per rank) and Atari frames (8 per rank), each rank stepping its own environments. ``--inverses`` times, on 2 ranks
 and ``AcktrCNN``'s factors, the two ways to refresh the inverses: every rank decomposes every block, or each block is
 decomposed by one rank (blocks assigned by cost, largest first, to the least loaded rank, as kfac-pytorch's KAISA does)
-and broadcast to the others (what ``KFAC`` does with a process group).
+and broadcast to the others (what ``KFAC`` does with a process group). ``--learning`` trains CartPole-v1 with its zoo
+section on 2 ranks of 4 environments each (the section's 8 in all) under torchrun, 100k timesteps, evaluations every
+5k (10 episodes), and prints the timesteps at which the evaluation return first reached 475 and the final one, to
+compare with one process of 8 environments (``benchmarks/sample_efficiency.py``).
 """
 
 import argparse
@@ -22,9 +26,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
 from stable_baselines3.common.envs import FakeImageEnv
@@ -135,6 +142,28 @@ def print_inverses() -> None:
         print(f"| {name} | {milliseconds:.0f} |")
 
 
+def cartpole_on_two_ranks(seed: int, folder: Path) -> tuple[int | None, float]:
+    """Timesteps to an evaluation return of 475 (None if never) and the final evaluation return of one zoo run."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sb3_acktr.zoo"]
+    command += ["train", "--env", "CartPole-v1", "--seed", str(seed), "-f", str(folder), "--eval-freq", "5000"]
+    command += ["--eval-episodes", "10", "--n-eval-envs", "1", "--verbose", "0", "-params", "n_envs:4"]
+    subprocess.run(command, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    (run,) = (folder / "acktr").glob("CartPole-v1_*")
+    evaluations = np.load(run / "evaluations.npz")
+    returns = evaluations["results"].mean(axis=1)
+    reached = np.flatnonzero(returns >= 475)
+    return (int(evaluations["timesteps"][reached[0]]) if reached.size else None), float(returns[-1])
+
+
+def print_learning(seeds: list[int]) -> None:
+    print("| CartPole-v1, 2 ranks x 4 environments | timesteps to 475 | final evaluation |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in seeds:
+            steps, final = cartpole_on_two_ranks(seed, Path(folder) / f"seed_{seed}")
+            print(f"| seed {seed} | {steps if steps is not None else 'not reached'} | {final:.1f} |", flush=True)
+
+
 def print_fps() -> None:
     print("| task | 1 rank fps | 2 ranks fps | ratio |")
     print("|---|---|---|---|")
@@ -147,6 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fps", action="store_true", help="also measure timesteps per second with 1 and 2 ranks")
     parser.add_argument("--inverses", action="store_true", help="also time an inverse refresh on 2 ranks, two ways")
+    parser.add_argument("--learning", action="store_true", help="also train CartPole on 2 ranks x 4 environments")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--worker", choices=["cartpole", "atari", "inverses"], help=argparse.SUPPRESS)
     parser.add_argument("--timesteps", type=int, default=40_000, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -161,6 +192,8 @@ def main() -> None:
         print_inverses()
     if args.fps:
         print_fps()
+    if args.learning:
+        print_learning(args.seeds)
 
 
 if __name__ == "__main__":
