@@ -114,6 +114,15 @@ def test_loading_a_model_saved_by_another_algorithm(tmp_path: Path, algorithm) -
         ACKTR.load(tmp_path / "other")
 
 
+@pytest.mark.parametrize("kept", [0.5, 0.9, 0.99])
+def test_loading_a_truncated_save_names_it(tmp_path: Path, kept: float) -> None:
+    ACKTR("MlpPolicy", IdentityEnv(2), n_steps=4).save(tmp_path / "acktr")
+    whole = (tmp_path / "acktr.zip").read_bytes()
+    (tmp_path / "cut.zip").write_bytes(whole[: int(len(whole) * kept)])
+    with pytest.raises(ValueError, match=r"cut\.zip is not a whole model save \(a zip file cut short or damaged"):
+        ACKTR.load(tmp_path / "cut")
+
+
 def test_loading_a_model_without_optimizer_state_warns_and_starts_the_statistics_anew(tmp_path: Path) -> None:
     model = ACKTR("MlpPolicy", IdentityEnv(2), n_steps=4)
     model.learn(8)

@@ -3,6 +3,7 @@ import io
 import math
 import pathlib
 import warnings
+import zipfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -427,6 +428,21 @@ class ACKTR(OnPolicyAlgorithm):
         if self.policy.optimizer.uncovered_parameters and self.verbose >= 1:
             print(f"K-FAC does not model these parameters (plain gradient): {self.policy.optimizer.uncovered_parameters}")
 
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfACKTR],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfACKTR:
+        """SB3's ``load``, after checking that a saved file is a whole zip (a truncated save is named as such)."""
+        _check_saved_zip(path)
+        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+
     def set_parameters(
         self,
         load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | dict[str, Any],
@@ -755,6 +771,25 @@ class ACKTR(OnPolicyAlgorithm):
             tb_log_name=tb_log_name,
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
+        )
+
+
+def _check_saved_zip(path: str | pathlib.Path | io.BufferedIOBase) -> None:
+    """Refuse a save whose zip is damaged or cut short (by a crash or a full disk while saving), naming the file."""
+    if not isinstance(path, (str, pathlib.Path)):
+        return
+    file = next((candidate for candidate in (pathlib.Path(path), pathlib.Path(f"{path}.zip")) if candidate.is_file()), None)
+    if file is None:
+        return  # SB3 names the missing file
+    try:
+        with zipfile.ZipFile(file) as archive:
+            damaged, names = archive.testzip(), archive.namelist()
+    except zipfile.BadZipFile as error:
+        damaged, names = str(error), []
+    if damaged is not None or "data" not in names:
+        raise ValueError(
+            f"{file} is not a whole model save (a zip file cut short or damaged, e.g. by a crash or a full disk while "
+            f"saving: {damaged or 'no data entry'}): save the model again, or load an earlier checkpoint"
         )
 
 
