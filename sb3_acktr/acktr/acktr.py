@@ -203,8 +203,8 @@ class ACKTR(OnPolicyAlgorithm):
         ``stats_batch_size / (n_steps * n_envs)`` of the whole rollout's, and the running averages (``stats_decay``)
         absorb the extra noise. ``None``, or a rollout no larger: the statistics come from the whole rollout's own
         forward pass. Saves time on convolutional policies, not on small MLPs (whose statistics cost per operation). On
-        Breakout (seed 0), 160 of 640 examples (the zoo's ``atari`` section) reached 10 at 650k steps, 64 stayed at
-        A2C's level (see ``docs/misc/cost.md``)
+        Breakout, 160 of 640 examples (the zoo's ``atari`` section) reached 10 at 650k-700k steps (seeds 0-2), 64 stayed
+        at A2C's level (seed 0; see ``docs/misc/cost.md``)
     :param stats_update_interval: Update the Kronecker factors every this many updates
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)

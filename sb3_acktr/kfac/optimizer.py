@@ -545,7 +545,7 @@ class KFAC(th.optim.Optimizer):
         """
         Each block's inverse decomposed by one rank (blocks assigned by cost, largest first, to the least loaded rank)
         and broadcast to the others, rather than every rank decomposing every block: on 2 ranks, a refresh of
-        ``AcktrCNN``'s factors took 749 instead of 1,175 ms (``python benchmarks/distributed_cost.py --inverses``), the
+        ``AcktrCNN``'s factors took 606 instead of 818 ms (``python benchmarks/distributed_cost.py --inverses``), the
         largest block decomposed while the other rank decomposes the rest. Every rank ends with the same inverses and
         counts of numerical events; a block that failed on its rank keeps its last good inverse everywhere.
         """
