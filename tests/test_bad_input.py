@@ -147,14 +147,6 @@ def test_loading_parameters_of_another_network_names_the_policy_kwargs(tmp_path:
         model.set_parameters(tmp_path / "small")
 
 
-def test_loading_a_corrupted_file(tmp_path: Path) -> None:
-    ACKTR("MlpPolicy", IdentityEnv(2), n_steps=4).save(tmp_path / "acktr")
-    data = (tmp_path / "acktr.zip").read_bytes()
-    (tmp_path / "broken.zip").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="wasn't a zip-file"):
-        ACKTR.load(tmp_path / "broken.zip")
-
-
 @pytest.mark.parametrize("normalize_advantage", [False, True])
 def test_one_example_per_update_trains(normalize_advantage: bool) -> None:
     """A2C's habit of n_steps=1 with one environment: rank-one factors, made invertible by the damping."""
