@@ -72,17 +72,22 @@ def share(rank: int, batch_size: int = 8) -> slice:
     return slice(rank * size, (rank + 1) * size)
 
 
-def _join_ranks(rank: int, init_file: str) -> None:
+def _join_ranks(rank: int, init_file: str, backend: str = "gloo") -> None:
     th.set_num_threads(1)
+    if backend == "nccl":
+        th.cuda.set_device(rank)
     init_method = f"file://{init_file}"
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
 
 
 def _train_on_share(rank: int, init_file: str, out: str) -> None:
-    _join_ranks(rank, init_file)
-    model = make_model()
-    kfac = kfac_for(model, (Path(out) / "damping_mode").read_text(), dist.group.WORLD)
-    th.save(train(kfac, model, make_batches(), share(rank)), Path(out) / f"rank_{rank}.pt")
+    damping_mode, backend = (Path(out) / "settings").read_text().split()
+    _join_ranks(rank, init_file, backend)
+    device = th.device("cuda", rank) if backend == "nccl" else th.device("cpu")
+    model = make_model().to(device)
+    kfac = kfac_for(model, damping_mode, dist.group.WORLD)
+    batches = [tuple(tensor.to(device) for tensor in batch) for batch in make_batches()]
+    th.save(train(kfac, model, batches, share(rank)).cpu(), Path(out) / f"rank_{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -112,19 +117,24 @@ def run_ranks(worker, tmp_path: Path, timeout: float = 120.0) -> list:
     return [th.load(tmp_path / f"rank_{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
 
 
-@pytest.mark.parametrize("damping_mode", ["exact", "factored"])
-def test_ranks_take_the_step_of_one_process_on_the_whole_batch(tmp_path: Path, damping_mode: str) -> None:
+TWO_GPUS = pytest.mark.skipif(th.cuda.device_count() < WORLD_SIZE, reason="nccl: one GPU per rank")
+
+
+@pytest.mark.parametrize(
+    "damping_mode, backend", [("exact", "gloo"), ("factored", "gloo"), pytest.param("exact", "nccl", marks=TWO_GPUS)]
+)
+def test_ranks_take_the_step_of_one_process_on_the_whole_batch(tmp_path: Path, damping_mode: str, backend: str) -> None:
     """
     Gradients, factors, inverses (each decomposed by one rank), trust region and momentum over four updates: the same
-    parameters as one process.
+    parameters as one process (on the CPU: with nccl, to the GPUs' own rounding).
     """
-    (tmp_path / "damping_mode").write_text(damping_mode)
+    (tmp_path / "settings").write_text(f"{damping_mode} {backend}")
     ranks = run_ranks(_train_on_share, tmp_path)
     model = make_model()
     whole_batch = train(kfac_for(model, damping_mode), model, make_batches(), slice(None))
     assert th.equal(ranks[0], ranks[1])
     assert not th.allclose(ranks[0], th.cat([param.detach().reshape(-1) for param in make_model().parameters()]))
-    assert th.allclose(ranks[0], whole_batch, rtol=0, atol=1e-12)
+    assert th.allclose(ranks[0], whole_batch, rtol=0, atol=1e-12 if backend == "gloo" else 1e-9)
 
 
 def test_nonfinite_statistics_of_one_rank_are_skipped_by_every_rank(tmp_path: Path) -> None:
