@@ -13,9 +13,9 @@ fresh subprocess per algorithm, reporting timesteps per second and peak resident
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureCNN, ACKTR's K-FAC and AcktrCNN); in
 ``cnn-32x20-every-patch`` ACKTR's convolution input factors come from every patch (no sampling), in
 ``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
-Atari section, in ``cnn-32x20-zoo-64`` the same with the statistics on 64 examples of the rollout, in
-``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses every 100 (each
-timed over at least one inverse refresh interval).
+Atari section, in ``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x20-zoo``
+those of the CartPole-v1 section, in ``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4
+updates and inverses every 100 (each timed over at least one inverse refresh interval).
 """
 
 import argparse
@@ -43,9 +43,9 @@ from sb3_acktr import ACKTR, AcktrCNN
 from sb3_acktr.zoo import default_hyperparameters_file
 
 
-def zoo_atari_settings() -> dict:
-    """ACKTR's network, trust regions and K-FAC settings in the Atari section of the packaged hyperparameter file."""
-    section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())["atari"]
+def zoo_settings(name: str) -> dict:
+    """ACKTR's network, trust regions and K-FAC settings in a section of the packaged hyperparameter file."""
+    section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())[name]
     keys = (
         "damping_mode",
         "conv_mode",
@@ -56,7 +56,9 @@ def zoo_atari_settings() -> dict:
         "vf_kl_clip",
     )
     settings = {key: section[key] for key in keys if key in section}
-    return dict(settings, policy_kwargs=eval(section["policy_kwargs"], {"AcktrCNN": AcktrCNN}))
+    if "policy_kwargs" in section:
+        settings["policy_kwargs"] = eval(section["policy_kwargs"], {"AcktrCNN": AcktrCNN})
+    return settings
 
 
 NATURE_CNN = dict(features_extractor_class=NatureCNN)
@@ -81,10 +83,11 @@ CASES: dict[str, dict[str, Any]] = {
     "cnn-16x20": pong_case(16),
     "cnn-32x20": pong_case(),
     "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
+    "mlp-8x20-zoo": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("CartPole-v1")),
     "cnn-32x20-naturecnn": pong_case(policy_kwargs=NATURE_CNN),
-    "cnn-32x20-zoo": pong_case(**zoo_atari_settings()),
+    "cnn-32x20-zoo": pong_case(**zoo_settings("atari")),
     "cnn-32x20-every-patch": pong_case(patches_per_feature=None),
-    "cnn-32x20-zoo-64": pong_case(**dict(zoo_atari_settings(), stats_batch_size=64)),
+    "cnn-32x20-zoo-64": pong_case(**dict(zoo_settings("atari"), stats_batch_size=64)),
     "cnn-32x20-cheap": pong_case(**CHEAP_ATARI_SETTINGS),
 }
 

@@ -73,7 +73,7 @@ def test_first_reach_stops_at_the_threshold(monkeypatch: pytest.MonkeyPatch, thr
     assert first_reach.first_reach("CartPole-v1", "acktr", dict(n_steps=10), seed=0, eval_every=800) == expected
 
 
-@pytest.mark.parametrize("case", ["mlp-8x20", "cnn-32x20-zoo"])
+@pytest.mark.parametrize("case", ["mlp-8x20", "mlp-8x20-zoo", "cnn-32x20-zoo"])
 def test_train_cost_times_both_algorithms_on_the_same_batch(case: str) -> None:
     result = train_cost.train_ratio(train_cost.CASES[case], n_updates=2, rounds=1)
     assert result["a2c_ms"] > 0 and result["acktr_ms"] > 0
