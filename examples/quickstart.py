@@ -27,6 +27,7 @@ def main() -> None:
         kl_clip=lambda progress_remaining: 0.003 * progress_remaining,
         vf_kl_clip=None,
         ent_coef=0.0,
+        stats_update_interval=4,
         seed=args.seed,
         verbose=0,
     )
