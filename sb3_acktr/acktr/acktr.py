@@ -775,21 +775,26 @@ class ACKTR(OnPolicyAlgorithm):
 
 
 def _check_saved_zip(path: str | pathlib.Path | io.BufferedIOBase) -> None:
-    """Refuse a save whose zip is damaged or cut short (by a crash or a full disk while saving), naming the file."""
+    """
+    Refuse a save whose zip is cut short or whose directory is damaged (by a crash or a full disk while saving), naming
+    the file; a member damaged inside is reported by SB3's load (a ``ValueError`` too).
+    """
     if not isinstance(path, (str, pathlib.Path)):
         return
     file = next((candidate for candidate in (pathlib.Path(path), pathlib.Path(f"{path}.zip")) if candidate.is_file()), None)
     if file is None:
         return  # SB3 names the missing file
+    # Opening reads only the zip's directory (at its end): a cut-short file fails here or lacks its data entry, and the
+    # members themselves are read once, by SB3's load.
     try:
         with zipfile.ZipFile(file) as archive:
-            damaged, names = archive.testzip(), archive.namelist()
+            problem = None if "data" in archive.namelist() else "no data entry"
     except zipfile.BadZipFile as error:
-        damaged, names = str(error), []
-    if damaged is not None or "data" not in names:
+        problem = str(error)
+    if problem is not None:
         raise ValueError(
             f"{file} is not a whole model save (a zip file cut short or damaged, e.g. by a crash or a full disk while "
-            f"saving: {damaged or 'no data entry'}): save the model again, or load an earlier checkpoint"
+            f"saving: {problem}): save the model again, or load an earlier checkpoint"
         )
 
 
