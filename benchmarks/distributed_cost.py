@@ -126,28 +126,44 @@ def inverse_worker(rounds: int = 5) -> None:
         print(json.dumps({name: statistics.median(values) for name, values in times.items()}))
 
 
+def run_on_ranks(ranks: int, *arguments: str, env: dict[str, str] | None = None) -> str:
+    """The standard output of ``torchrun --standalone`` with ``ranks`` processes on this machine, running ``arguments``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *arguments]
+    return subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+
+
+def worker_result(ranks: int, *arguments: str) -> Any:
+    """What this script's ``--worker`` printed last (rank 0's JSON line), run on ``ranks`` processes."""
+    return json.loads(run_on_ranks(ranks, __file__, "--worker", *arguments).strip().splitlines()[-1])
+
+
 def measured_fps(task: str, ranks: int, timesteps: int) -> float:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", __file__]
-    command += ["--worker", task, "--timesteps", str(timesteps)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return float(json.loads(output.strip().splitlines()[-1])["fps"])
+    return float(worker_result(ranks, task, "--timesteps", str(timesteps))["fps"])
 
 
 def print_inverses() -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, "--worker"]
-    output = subprocess.run([*command, "inverses"], check=True, capture_output=True, text=True).stdout
     print("| inverse refresh of AcktrCNN's factors, 2 ranks | median ms |")
     print("|---|---|")
-    for name, milliseconds in json.loads(output.strip().splitlines()[-1]).items():
+    for name, milliseconds in worker_result(2, "inverses").items():
         print(f"| {name} | {milliseconds:.0f} |")
 
 
 def cartpole_on_two_ranks(seed: int, folder: Path) -> tuple[int | None, float]:
     """Timesteps to an evaluation return of 475 (None if never) and the final evaluation return of one zoo run."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sb3_acktr.zoo"]
-    command += ["train", "--env", "CartPole-v1", "--seed", str(seed), "-f", str(folder), "--eval-freq", "5000"]
-    command += ["--eval-episodes", "10", "--n-eval-envs", "1", "--verbose", "0", "-params", "n_envs:4"]
-    subprocess.run(command, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    arguments = ["-m", "sb3_acktr.zoo", "train", "--env", "CartPole-v1", "--seed", str(seed), "-f", str(folder)]
+    arguments += [
+        "--eval-freq",
+        "5000",
+        "--eval-episodes",
+        "10",
+        "--n-eval-envs",
+        "1",
+        "--verbose",
+        "0",
+        "-params",
+        "n_envs:4",
+    ]
+    run_on_ranks(2, *arguments, env=dict(os.environ, OMP_NUM_THREADS="1"))
     (run,) = (folder / "acktr").glob("CartPole-v1_*")
     evaluations = np.load(run / "evaluations.npz")
     returns = evaluations["results"].mean(axis=1)
