@@ -33,11 +33,19 @@ from sb3_acktr.common import distributed
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
-from sb3_acktr.kfac.optimizer import check_device, check_hyperparameters, check_number
+from sb3_acktr.kfac.optimizer import all_reduce_mean, check_device, check_hyperparameters, check_number
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
 DEFAULT_VF_KL_CLIP = 0.001
+# Name of the critic's own trust region (a param group of the optimizer).
+VALUE_REGION = "value"
+
+# The paper's adaptive step (its continuous-control code): after an update whose KL exceeds twice ``target_kl`` the
+# learning rate is divided by this factor, after one whose KL is under half of it multiplied by it.
+STEP_SIZE_ADAPTATION = 1.5
+# Bounds of the factor that the adaptive step applies to the learning rate (schedule).
+STEP_SIZE_FACTOR_BOUNDS = (1e-3, 1e2)
 
 # Updates skipped in a row for a non-finite gradient before training stops with an explanation.
 MAX_CONSECUTIVE_SKIPPED_UPDATES = 10
@@ -213,7 +221,17 @@ class ACKTR(OnPolicyAlgorithm):
         every rank takes the step one process would take on all the ranks' rollouts. ``None`` (default): when launched
         by ``torchrun`` with several processes (or in a process group of several). Rank 0 logs and saves; the others
         stay silent. ``stats_batch_size`` and ``patches_per_feature`` apply per rank
-    :param log_kl: Log the KL divergence between the policies before and after each update (one more forward pass)
+    :param target_kl: KL divergence per update that the learning rate adapts to, by the rule of the paper's
+        continuous-control code: after each update, the KL between the policies before and after it is measured on the
+        rollout (one more forward pass); the learning rate (of the parameters the policy depends on; the critic's own
+        region, ``vf_kl_clip``, keeps the schedule's) is divided by 1.5 for the next update when that KL exceeds
+        ``2 * target_kl`` and multiplied by 1.5 when it is under ``target_kl / 2``, within 1e-3 to 100 times the
+        schedule's value. Unlike PPO's ``target_kl``, which stops an update's epochs early, it never cuts an update
+        short: it steers the next step's size. The trust region stays a hard bound: an update clipped by it has a KL
+        of about ``kl_clip / 2``, so ``kl_clip`` should exceed ``4 * target_kl`` (the paper: 0.002 with a bound of
+        0.01). ``None``: the learning rate follows its schedule
+    :param log_kl: Log the KL divergence between the policies before and after each update (one more forward pass;
+        always logged with ``target_kl``)
     :param log_trust_region_split: Log ``sum <V, grad>`` (the quantity the trust region bounds) of the policy loss with
         its entropy term alone (``train/actor_vg``) and of the weighted value loss alone (``train/critic_vg``), with the
         inverses of the previous update (two more backward passes and preconditionings), and
@@ -272,6 +290,7 @@ class ACKTR(OnPolicyAlgorithm):
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
         distributed: bool | None = None,
+        target_kl: float | None = None,
         log_kl: bool = False,
         log_trust_region_split: bool = False,
         use_sde: bool = False,
@@ -341,6 +360,10 @@ class ACKTR(OnPolicyAlgorithm):
         self.async_inverse = async_inverse
         self.distributed = distributed
         self._process_group: Any | None = None
+        if target_kl is not None:
+            check_number("target_kl", target_kl, 0.0, math.inf, low_open=True)
+        self.target_kl = target_kl
+        self.step_size_factor = 1.0
         self.log_kl = log_kl
         self.log_trust_region_split = log_trust_region_split
         # Checked before any network is built, so that a bad value costs nothing (both bounds: by _trust_region_bounds).
@@ -415,7 +438,7 @@ class ACKTR(OnPolicyAlgorithm):
         trust_regions = []
         if vf_kl_clip:
             critic_params = critic_only_parameters(self.policy, self.observation_space)
-            trust_regions.append(dict(name="value", params=critic_params, kl_clip=vf_kl_clip[0]))
+            trust_regions.append(dict(name=VALUE_REGION, params=critic_params, kl_clip=vf_kl_clip[0]))
         self.policy.optimizer = KFAC(
             self.policy,
             lr=self.lr_schedule(1),
@@ -483,7 +506,7 @@ class ACKTR(OnPolicyAlgorithm):
             return
         if n_saved_groups == 1:
             vf_kl_clip = None
-        elif n_saved_groups == 2 and last_saved_group.get("name") == "value":
+        elif n_saved_groups == 2 and last_saved_group.get("name") == VALUE_REGION:
             # This model has one region, so no vf_kl_clip of its own: keep the saved model's last bound (the default
             # when a schedule had brought it to 0).
             vf_kl_clip = last_saved_group["kl_clip"] or DEFAULT_VF_KL_CLIP
@@ -529,6 +552,7 @@ class ACKTR(OnPolicyAlgorithm):
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
+        self._apply_step_size_factor()
         self._update_optimizer_hyperparameters()
         kfac = self.kfac
 
@@ -569,15 +593,11 @@ class ACKTR(OnPolicyAlgorithm):
             kfac.step()
             self._check_progress(kfac)
 
-            if self.log_kl:
-                # The policy's Distribution object is reused by every forward: keep the old one's parameters.
-                old_distribution = copy.copy(distribution)
-                with th.no_grad():
-                    new_distribution, _ = forward_actor_critic(self.policy, rollout_data.observations)
-                    # Per-dimension KLs (diagonal Gaussian, Bernoulli) add up to the KL of the joint action.
-                    kl = kl_divergence(old_distribution, new_distribution)
-                    kl = kl.reshape(kl.shape[0], -1).sum(dim=1).mean()
-                self.logger.record("train/kl", kl.item())
+            if self.log_kl or self.target_kl is not None:
+                kl = self._update_kl(distribution, rollout_data.observations)
+                self.logger.record("train/kl", kl)
+                if self.target_kl is not None and kfac.consecutive_skipped_steps == 0:  # a skipped update says nothing
+                    self._adapt_step_size(kl)
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 
@@ -592,6 +612,38 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         for key, value in kfac.diagnostics(per_layer=self.verbose >= 2).items():
             self.logger.record(f"kfac/{key}", value)
+
+    def _update_kl(self, distribution: Distribution, observations: PyTorchObs) -> float:
+        """KL divergence between the policies before and after the update, averaged over the rollout (of every rank)."""
+        # The policy's Distribution object is reused by every forward: keep the old one's parameters.
+        old_distribution = copy.copy(distribution)
+        with th.no_grad():
+            new_distribution, _ = forward_actor_critic(self.policy, observations)
+            # Per-dimension KLs (diagonal Gaussian, Bernoulli) add up to the KL of the joint action.
+            kl = kl_divergence(old_distribution, new_distribution)
+            kl = kl.reshape(kl.shape[0], -1).sum(dim=1).mean()
+            if self._process_group is not None:
+                (kl,) = all_reduce_mean([kl], self._process_group)
+        return kl.item()
+
+    def _adapt_step_size(self, kl: float) -> None:
+        """The paper's rule: a smaller step after an update far above ``target_kl``, a larger one far below it."""
+        assert self.target_kl is not None
+        if kl > 2.0 * self.target_kl:
+            self.step_size_factor /= STEP_SIZE_ADAPTATION
+        elif kl < 0.5 * self.target_kl:
+            self.step_size_factor *= STEP_SIZE_ADAPTATION
+        low, high = STEP_SIZE_FACTOR_BOUNDS
+        self.step_size_factor = min(max(self.step_size_factor, low), high)
+
+    def _apply_step_size_factor(self) -> None:
+        """Scale the learning rate of the policy's trust region(s) by the adaptive step's factor."""
+        if self.target_kl is None:
+            return
+        for group in self.kfac.param_groups:
+            if group["name"] != VALUE_REGION:
+                group["lr"] *= self.step_size_factor
+        self.logger.record("train/step_size_factor", self.step_size_factor)
 
     def _normalize(self, advantages: th.Tensor) -> th.Tensor:
         """Advantages standardised by their mean and standard deviation over the rollout (of every rank)."""
