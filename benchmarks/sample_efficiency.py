@@ -48,6 +48,7 @@ TASKS: dict[str, dict[str, float]] = {
     "BreakoutNoFrameskip-v4": dict(threshold=10, budget=1_000_000, eval_freq=50_000, eval_episodes=5, frame_skip=4),
     "HalfCheetah-v5": dict(threshold=1450, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
     "Hopper-v5": dict(threshold=2428, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
+    "Walker2d-v5": dict(threshold=1217, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
 }
 ALGOS = ("acktr", "a2c", "ppo")
 
