@@ -21,6 +21,7 @@ import sample_efficiency
 import save_size
 import subset_statistics
 import train_cost
+import training_diagnostics
 
 
 def test_sample_efficiency_runs_resumes_and_reports(
@@ -71,6 +72,21 @@ def test_first_reach_stops_at_the_threshold(monkeypatch: pytest.MonkeyPatch, thr
         first_reach.TASKS, "CartPole-v1", dict(first_reach.TASKS["CartPole-v1"], threshold=threshold, budget=1_600)
     )
     assert first_reach.first_reach("CartPole-v1", "acktr", dict(n_steps=10), seed=0, eval_every=800) == expected
+
+
+def test_training_diagnostics_reads_the_section_and_summarises_each_tenth(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    arguments = training_diagnostics.section_arguments("CartPole-v1", ["vf_coef:0.1", "kl_clip:lin_0.002"])
+    assert arguments["vf_coef"] == 0.1 and arguments["ent_coef"] == 0.0 and "n_envs" not in arguments
+    assert arguments["kl_clip"](0.5) == pytest.approx(0.001) and arguments["learning_rate"](0.5) == pytest.approx(0.125)
+    monkeypatch.setitem(
+        training_diagnostics.TASKS, "CartPole-v1", dict(training_diagnostics.TASKS["CartPole-v1"], budget=5_000)
+    )
+    training_diagnostics.train("CartPole-v1", 0, ["target_kl:0.001"], tmp_path)
+    table = training_diagnostics.summary(tmp_path, 5_000)
+    assert list(table.index) == list(range(10))
+    assert (table["kl"] > 0).all() and (table["step factor"] > 0).all() and table["evaluation"].notna().sum() == 2
 
 
 @pytest.mark.parametrize("case", ["mlp-8x20", "mlp-8x20-zoo", "cnn-32x20-zoo"])

@@ -1,0 +1,98 @@
+"""
+What an ACKTR run does update by update: trains one seed with a section of the zoo's hyperparameter file (and
+overrides), logs every update to CSV and prints, for each tenth of the budget, the medians of the KL per update, the
+trust-region scales, the entropy, the value loss and explained variance, the training return, and the deterministic
+evaluation return (10 episodes every 2.5k timesteps).
+
+    python benchmarks/training_diagnostics.py --env CartPole-v1 --seed 1
+    python benchmarks/training_diagnostics.py --env CartPole-v1 --seed 1 --params vf_coef:0.1 --folder /tmp/cartpole
+
+``--params`` takes rl-zoo3's ``KEY:VALUE`` form (``lin_<initial value>`` for a linear schedule). The environments are
+first_reach.py's (the section's ``n_envs`` and normalisation).
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch as th
+import yaml
+from first_reach import TASKS, make_envs
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.logger import configure
+
+from sb3_acktr import ACKTR
+from sb3_acktr.zoo import default_hyperparameters_file
+
+# Keys of a section that rl-zoo3 consumes itself (environment, budget, policy name).
+ZOO_KEYS = ("n_envs", "n_timesteps", "policy", "normalize", "env_wrapper", "frame_stack")
+COLUMNS = {
+    "time/total_timesteps": "timesteps",
+    "train/kl": "kl",
+    "kfac/trust_region_scale": "scale",
+    "kfac/value/trust_region_scale": "critic scale",
+    "train/step_size_factor": "step factor",
+    "train/entropy_loss": "-entropy",
+    "train/value_loss": "value loss",
+    "train/explained_variance": "explained var",
+    "rollout/ep_rew_mean": "training return",
+}
+
+
+def hyperparameter(value: Any) -> Any:
+    """A value of the file or of ``--params``: ``lin_<x>`` becomes the linear schedule from x to 0."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        initial = float(value[len("lin_") :])
+        return lambda progress_remaining: progress_remaining * initial
+    return value
+
+
+def section_arguments(env_id: str, params: list[str]) -> dict[str, Any]:
+    section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())[env_id]
+    for param in params:
+        key, _, value = param.partition(":")
+        section[key] = yaml.safe_load(value)
+    return {key: hyperparameter(value) for key, value in section.items() if key not in ZOO_KEYS}
+
+
+def train(env_id: str, seed: int, params: list[str], folder: Path) -> None:
+    env, eval_env = make_envs(env_id, seed)
+    model = ACKTR("MlpPolicy", env, seed=seed, log_kl=True, **section_arguments(env_id, params))
+    model.set_logger(configure(str(folder), ["csv"]))
+    n_envs = int(TASKS[env_id]["n_envs"])
+    evaluation = EvalCallback(eval_env, eval_freq=2_500 // n_envs, n_eval_episodes=10, log_path=str(folder), verbose=0)
+    model.learn(int(TASKS[env_id]["budget"]), callback=evaluation, log_interval=1)
+
+
+def summary(folder: Path, budget: int) -> pd.DataFrame:
+    """Medians of each tenth of the budget, with the mean of its evaluations."""
+    log = pd.read_csv(folder / "progress.csv")
+    log = log[[column for column in COLUMNS if column in log]].rename(columns=COLUMNS)
+    phase = np.minimum(log["timesteps"] * 10 // budget, 9)
+    table = log.groupby(phase).median()
+    evaluations = np.load(folder / "evaluations.npz")
+    returns = pd.Series(evaluations["results"].mean(axis=1))
+    table["evaluation"] = returns.groupby(np.minimum(evaluations["timesteps"] * 10 // budget, 9)).mean()
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", required=True, choices=list(TASKS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--params", nargs="*", default=[], help="KEY:VALUE overrides of the section")
+    parser.add_argument("--folder", type=Path, help="where the CSV log and evaluations go (default: a temporary folder)")
+    args = parser.parse_args()
+    th.set_num_threads(1)
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="acktr_diagnostics_"))
+    train(args.env, args.seed, args.params, folder)
+    pd.set_option("display.width", 200)
+    print(f"{args.env} seed {args.seed} {' '.join(args.params)} (log: {folder})")
+    print(summary(folder, int(TASKS[args.env]["budget"])).to_string(float_format=lambda x: f"{x:.3g}"))
+
+
+if __name__ == "__main__":
+    main()
