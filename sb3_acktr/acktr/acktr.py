@@ -196,6 +196,10 @@ class ACKTR(OnPolicyAlgorithm):
         (the reference implementations' convention). The critic's curvature grows with its square: it is
         ``4 * vf_fisher_coef^2`` times a unit-variance Gaussian critic's, so 1.0 weighs it 4x and 0.5 is the unit-variance
         weight
+    :param n_critic_updates: K-FAC steps per update on the value loss for the parameters that only the critic uses
+        (the paper's continuous-control code fitted its critic with 25 per batch; sb3-contrib's TRPO takes
+        ``n_critic_updates`` Adam steps): the first is the update's joint step, each further one a critic forward and
+        backward pass preconditioned by the same factors and bounded by ``vf_kl_clip``, which must then be set
     :param damping_mode: ``"exact"`` (eigendecompositions, damping added to eigenvalue products) or
         ``"factored"`` (pi-adjusted Tikhonov damping, Cholesky inverses)
     :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
@@ -282,6 +286,7 @@ class ACKTR(OnPolicyAlgorithm):
         damping: float = 0.01,
         stats_decay: float = 0.99,
         vf_fisher_coef: float = 1.0,
+        n_critic_updates: int = 1,
         damping_mode: DampingMode = "exact",
         conv_mode: ConvMode = "expand",
         patches_per_feature: int | None = 4,
@@ -340,6 +345,13 @@ class ACKTR(OnPolicyAlgorithm):
                 raise ValueError(f"ACKTR does not accept policy_kwargs['{key}']: it always uses its K-FAC optimizer")
         for name, value in (("vf_coef", vf_coef), ("ent_coef", ent_coef), ("vf_fisher_coef", vf_fisher_coef)):
             check_number(name, value, 0.0, math.inf)
+        if isinstance(n_critic_updates, bool) or not isinstance(n_critic_updates, int) or n_critic_updates < 1:
+            raise ValueError(f"n_critic_updates must be an integer of at least 1, got {n_critic_updates!r}")
+        if n_critic_updates > 1 and vf_kl_clip is None:
+            raise ValueError(
+                "n_critic_updates > 1 fits the critic-only parameters in their own trust region: set vf_kl_clip (e.g. "
+                f"{DEFAULT_VF_KL_CLIP}), or keep n_critic_updates=1 with one trust region"
+            )
         if stats_batch_size is not None and (
             isinstance(stats_batch_size, bool) or not isinstance(stats_batch_size, int) or stats_batch_size < 2
         ):
@@ -351,6 +363,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.damping = damping
         self.stats_decay = stats_decay
         self.vf_fisher_coef = vf_fisher_coef
+        self.n_critic_updates = n_critic_updates
         self.damping_mode = damping_mode
         self.conv_mode = conv_mode
         self.patches_per_feature = patches_per_feature
@@ -598,6 +611,8 @@ class ACKTR(OnPolicyAlgorithm):
                 self.logger.record("train/kl", kl)
                 if self.target_kl is not None and kfac.consecutive_skipped_steps == 0:  # a skipped update says nothing
                     self._adapt_step_size(kl)
+            if self.n_critic_updates > 1:  # after the KL: the policy does not depend on the critic-only parameters
+                self._fit_critic(rollout_data.observations, rollout_data.returns)
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 
@@ -612,6 +627,23 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         for key, value in kfac.diagnostics(per_layer=self.verbose >= 2).items():
             self.logger.record(f"kfac/{key}", value)
+
+    def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor) -> None:
+        """The further critic steps: the value loss's gradient for the critic-only parameters, preconditioned and bounded
+        by their trust region (the inverses and statistics of this update's first step)."""
+        kfac = self.kfac
+        critic_params = next(group["params"] for group in kfac.param_groups if group["name"] == VALUE_REGION)
+        for _ in range(self.n_critic_updates - 1):
+            value_loss = F.mse_loss(returns, self.policy.predict_values(observations).flatten())
+            grads = th.autograd.grad(self.vf_coef * value_loss, critic_params, allow_unused=True)
+            kfac.zero_grad()
+            for param, grad in zip(critic_params, grads, strict=True):
+                param.grad = grad
+            kfac.step(further=True)
+            self._check_progress(kfac)
+        with th.no_grad():
+            fitted_loss = F.mse_loss(returns, self.policy.predict_values(observations).flatten())
+        self.logger.record("train/fitted_value_loss", fitted_loss.item())
 
     def _update_kl(self, distribution: Distribution, observations: PyTorchObs) -> float:
         """KL divergence between the policies before and after the update, averaged over the rollout (of every rank)."""

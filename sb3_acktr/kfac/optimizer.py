@@ -653,43 +653,52 @@ class KFAC(th.optim.Optimizer):
                 param.grad = grad
 
     @th.no_grad()
-    def step(self, closure: None = None) -> None:  # type: ignore[override]
+    def step(self, closure: None = None, *, further: bool = False) -> None:  # type: ignore[override]
         """
         Precondition the gradients in ``.grad``, apply the trust region and take a momentum step.
         A step whose gradient or preconditioned gradient is not finite is skipped and counted.
+
+        :param closure: Not supported (K-FAC takes one step per gradient)
+        :param further: A further step on the same statistics within one update (say, fitting the critic again): it
+            neither refreshes the inverses nor counts toward the statistics and inverse intervals, and the logged
+            diagnostics stay those of the update's first step. Parameters without a gradient do not move
         """
         if closure is not None:
             raise ValueError("KFAC.step() takes no closure")
         if self.process_group is not None:
             self._join_across_ranks()
-        self._refresh_inverses(self.param_groups[0]["damping"])
-        self.n_steps += 1
-        self.inverse_age += 1
+        if not further:
+            self._refresh_inverses(self.param_groups[0]["damping"])
+            self.n_steps += 1
+            self.inverse_age += 1
+        diagnostics: dict[str, float] = {}
 
         directions: list[list[Direction]] = [[] for _ in self.param_groups]
         for direction in self._natural_gradients():
             directions[self._group_index[direction.params[0]]].append(direction)  # a block lies within one group
         vg_sums = trust_region_sums([[(d.natural, d.grad) for d in group_directions] for group_directions in directions])
         for prefix, vg_sum in zip(self._group_prefixes(), vg_sums, strict=True):
-            self._last[f"{prefix}vg_sum"] = vg_sum
+            diagnostics[f"{prefix}vg_sum"] = vg_sum
         if not all(math.isfinite(vg_sum) for vg_sum in vg_sums):
             self.counters["skipped_steps"] += 1
             self.consecutive_skipped_steps += 1
-            self._last.update({f"{prefix}trust_region_scale": 0.0 for prefix in self._group_prefixes()})
-            return
-        self.consecutive_skipped_steps = 0
-        for prefix, group, group_directions, vg_sum in zip(
-            self._group_prefixes(), self.param_groups, directions, vg_sums, strict=True
-        ):
-            lr, momentum = group["lr"], group["momentum"]
-            scale = 1.0
-            if lr > 0.0 and vg_sum > 0.0:
-                scale = min(1.0, math.sqrt(group["kl_clip"] / (lr**2 * vg_sum)))
-            self._last[f"{prefix}trust_region_scale"] = scale
-            if group_directions:
-                params = [param for direction in group_directions for param in direction.params]
-                naturals = [natural for direction in group_directions for natural in direction.naturals()]
-                self._momentum_step(params, naturals, scale, lr, momentum)
+            diagnostics.update({f"{prefix}trust_region_scale": 0.0 for prefix in self._group_prefixes()})
+        else:
+            self.consecutive_skipped_steps = 0
+            for prefix, group, group_directions, vg_sum in zip(
+                self._group_prefixes(), self.param_groups, directions, vg_sums, strict=True
+            ):
+                lr, momentum = group["lr"], group["momentum"]
+                scale = 1.0
+                if lr > 0.0 and vg_sum > 0.0:
+                    scale = min(1.0, math.sqrt(group["kl_clip"] / (lr**2 * vg_sum)))
+                diagnostics[f"{prefix}trust_region_scale"] = scale
+                if group_directions:
+                    params = [param for direction in group_directions for param in direction.params]
+                    naturals = [natural for direction in group_directions for natural in direction.naturals()]
+                    self._momentum_step(params, naturals, scale, lr, momentum)
+        if not further:
+            self._last.update(diagnostics)
 
     def _momentum_step(
         self, params: list[th.Tensor], naturals: list[th.Tensor], scale: float, lr: float, momentum: float
