@@ -606,7 +606,7 @@ class KFAC(th.optim.Optimizer):
         params = [param for group in self.param_groups for param in group["params"] if param.grad is not None]
         unjoined, self._unjoined_statistics = self._unjoined_statistics, []
         outers = [sums[name][0] for _, sums in unjoined for name in ("A", "G")]
-        joined = all_reduce_mean([param.grad for param in params if param.grad is not None] + outers, self.process_group)
+        joined = all_reduce_mean([param.grad for param in params] + outers, self.process_group)
         for param, grad in zip(params, joined, strict=False):
             param.grad = grad
         joined_outers = iter(joined[len(params) :])
