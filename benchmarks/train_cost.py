@@ -44,7 +44,7 @@ from sb3_acktr.zoo import default_hyperparameters_file
 
 
 def zoo_settings(name: str) -> dict:
-    """ACKTR's network, trust regions and K-FAC settings in a section of the packaged hyperparameter file."""
+    """ACKTR's network, trust regions, K-FAC settings and critic steps in a section of the packaged hyperparameter file."""
     section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())[name]
     keys = (
         "damping_mode",
@@ -54,6 +54,8 @@ def zoo_settings(name: str) -> dict:
         "stats_update_interval",
         "inverse_update_interval",
         "vf_kl_clip",
+        "n_critic_updates",
+        "target_kl",
     )
     settings = {key: section[key] for key in keys if key in section}
     if "policy_kwargs" in section:
