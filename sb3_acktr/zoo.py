@@ -43,8 +43,8 @@ def default_hyperparameters_file() -> str:
 def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
     Optuna sampler for ACKTR: the A2C search space of rl-zoo3 with ACKTR's learning rates, plus the K-FAC knobs
-    (trust regions and whether ``kl_clip`` decays linearly, damping, momentum, statistics decay, damping mode and
-    inverse refresh interval).
+    (trust regions and whether ``kl_clip`` decays linearly, further critic steps, damping, momentum, statistics decay,
+    damping mode and inverse refresh interval).
     """
     one_minus_gamma = trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True)
     sampled = {
@@ -56,7 +56,8 @@ def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
         "vf_coef": trial.suggest_float("vf_coef", 0.1, 1.0),
         "kl_clip": trial.suggest_float("kl_clip", 1e-4, 1e-2, log=True),
         "kl_clip_schedule": trial.suggest_categorical("kl_clip_schedule", ["constant", "linear"]),
-        "vf_kl_clip": trial.suggest_categorical("vf_kl_clip", [None, 3e-4, 1e-3, 3e-3]),
+        "vf_kl_clip": trial.suggest_categorical("vf_kl_clip", [None, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
+        "n_critic_updates": trial.suggest_categorical("n_critic_updates", [1, 3, 10]),
         "damping": trial.suggest_float("damping", 1e-4, 1e-1, log=True),
         "momentum": trial.suggest_categorical("momentum", [0.0, 0.5, 0.9]),
         "stats_decay": trial.suggest_categorical("stats_decay", [0.9, 0.95, 0.99]),
@@ -77,6 +78,8 @@ def convert_acktr_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     hyperparams = convert_onpolicy_params(sampled_params)
     if hyperparams.pop("kl_clip_schedule", "constant") == "linear":
         hyperparams["kl_clip"] = SimpleLinearSchedule(hyperparams["kl_clip"])
+    if "vf_kl_clip" in hyperparams and hyperparams["vf_kl_clip"] is None:
+        hyperparams["n_critic_updates"] = 1  # further critic steps need the critic's own region
     return hyperparams
 
 

@@ -89,7 +89,8 @@ def test_every_section_builds_and_runs_updates(section: str, tmp_path: Path) -> 
     assert model.n_steps == n_steps and model.n_envs == n_envs
     if hyperparams.get("normalize"):
         assert (run / env_id / "vecnormalize.pkl").is_file()
-    for knob in ("damping_mode", "conv_mode", "stats_update_interval", "inverse_update_interval", "kl_clip", "vf_kl_clip"):
+    knobs = ("damping_mode", "conv_mode", "stats_update_interval", "inverse_update_interval", "kl_clip", "vf_kl_clip")
+    for knob in (*knobs, "n_critic_updates"):
         if knob in hyperparams:
             assert knob_value(getattr(model, knob)) == knob_value(hyperparams[knob]), knob
     if "AcktrCNN" in hyperparams.get("policy_kwargs", ""):
@@ -135,19 +136,29 @@ def test_trust_region_schedules_from_the_command_line(tmp_path: Path) -> None:
         zoo("train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path, "--eval-freq", -1, "-params", "vf_kl_clip:'lin_x'")
 
 
-@pytest.mark.parametrize("schedule", ["constant", "linear"])
-def test_sampled_parameters_build_a_model(schedule: str) -> None:
-    """The Optuna sampler's output, for a fixed trial, is a set of valid ACKTR arguments (kl_clip decaying if sampled)."""
+@pytest.mark.parametrize(
+    "schedule, vf_kl_clip, n_critic_updates, expected_critic_updates",
+    [("constant", None, 10, 1), ("linear", None, 1, 1), ("constant", 0.03, 3, 3)],
+)
+def test_sampled_parameters_build_a_model(
+    schedule: str, vf_kl_clip: float | None, n_critic_updates: int, expected_critic_updates: int
+) -> None:
+    """
+    The Optuna sampler's output, for a fixed trial, is a set of valid ACKTR arguments (kl_clip decaying if sampled;
+    further critic steps only with the critic's own region).
+    """
     optuna = pytest.importorskip("optuna")
     fixed = dict(
         n_steps=5, one_minus_gamma=0.01, one_minus_gae_lambda=0.05, learning_rate=0.2, ent_coef=1e-4, vf_coef=0.5,
-        kl_clip=0.002, kl_clip_schedule=schedule, vf_kl_clip=None, damping=0.01, momentum=0.9, stats_decay=0.95,
-        damping_mode="factored", inverse_update_interval=10, net_arch="tiny", activation_fn="relu",
+        kl_clip=0.002, kl_clip_schedule=schedule, vf_kl_clip=vf_kl_clip, n_critic_updates=n_critic_updates, damping=0.01,
+        momentum=0.9, stats_decay=0.95, damping_mode="factored", inverse_update_interval=10, net_arch="tiny",
+        activation_fn="relu",
     )  # fmt: skip
     hyperparams = sample_acktr_params(optuna.trial.FixedTrial(fixed), n_actions=2, n_envs=1, additional_args={})
     model = ACKTR("MlpPolicy", "CartPole-v1", **hyperparams)
     assert model.gamma == pytest.approx(0.99) and model.policy.net_arch == dict(pi=[64], vf=[64])
     assert knob_value(model.kl_clip) == (("lin", 0.002) if schedule == "linear" else 0.002)
+    assert model.n_critic_updates == expected_critic_updates
 
 
 def test_console_script_prints_usage() -> None:
