@@ -14,8 +14,9 @@ Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureC
 ``cnn-32x20-every-patch`` ACKTR's convolution input factors come from every patch (no sampling), in
 ``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
 Atari section, in ``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x20-zoo``
-those of the CartPole-v1 section, in ``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4
-updates and inverses every 100 (each timed over at least one inverse refresh interval).
+those of the CartPole-v1 section, in ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic
+steps), in ``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses every 100
+(each timed over at least one inverse refresh interval).
 """
 
 import argparse
@@ -86,6 +87,9 @@ CASES: dict[str, dict[str, Any]] = {
     "cnn-32x20": pong_case(),
     "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
     "mlp-8x20-zoo": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("CartPole-v1")),
+    "mlp-16x20-acrobot-zoo": dict(
+        env="Acrobot-v1", n_envs=16, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("Acrobot-v1")
+    ),
     "cnn-32x20-naturecnn": pong_case(policy_kwargs=NATURE_CNN),
     "cnn-32x20-zoo": pong_case(**zoo_settings("atari")),
     "cnn-32x20-every-patch": pong_case(patches_per_feature=None),
