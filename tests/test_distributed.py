@@ -188,6 +188,18 @@ def _train_acktr(rank: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _train_with_adaptive_step_and_critic_steps(rank: int, init_file: str, out: str) -> None:
+    """Four data-parallel updates with the paper's adaptive step and two further critic steps per update."""
+    _join_ranks(rank, init_file)
+    env = make_vec_env("CartPole-v1", n_envs=N_ENVS)
+    model = ACKTR("MlpPolicy", env, n_steps=N_STEPS, target_kl=1e-4, n_critic_updates=3, seed=0, distributed=True)
+    model.learn(4 * WORLD_SIZE * N_ENVS * N_STEPS)
+    parameters = th.cat([param.detach().reshape(-1) for param in model.policy.parameters()])
+    result = dict(parameters=parameters, factor=model.step_size_factor, kfac_steps=model.kfac.n_steps)
+    th.save(result, Path(out) / f"rank_{rank}.pt")
+    dist.destroy_process_group()
+
+
 def _stop_and_unequal_rollouts(rank: int, init_file: str, out: str) -> None:
     """Rank 1's callback stops after two rollouts; then rank 1 asks for another rollout size than rank 0's."""
     _join_ranks(rank, init_file)
@@ -245,6 +257,13 @@ def test_acktr_ranks_train_one_model_on_all_rollouts(tmp_path: Path) -> None:
     assert th.equal(th.cat([param.detach().reshape(-1) for param in loaded.policy.parameters()]), first["parameters"])
     loaded.learn(N_ENVS * N_STEPS, reset_num_timesteps=False)
     assert loaded.kfac.n_steps == 5
+
+
+def test_ranks_agree_on_the_adaptive_step_and_the_critic_steps(tmp_path: Path) -> None:
+    first, second = run_ranks(_train_with_adaptive_step_and_critic_steps, tmp_path)
+    assert th.equal(first["parameters"], second["parameters"])
+    assert first["factor"] == second["factor"] != 1.0  # the KL of every rank's rollouts, joined
+    assert first["kfac_steps"] == second["kfac_steps"] == 4
 
 
 def test_a_callback_stopping_one_rank_stops_all_and_unequal_rollouts_are_refused(tmp_path: Path) -> None:
