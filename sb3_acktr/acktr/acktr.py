@@ -629,8 +629,10 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record(f"kfac/{key}", value)
 
     def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor) -> None:
-        """The further critic steps: the value loss's gradient for the critic-only parameters, preconditioned and bounded
-        by their trust region (the inverses and statistics of this update's first step)."""
+        """
+        The further critic steps: the value loss's gradient for the critic-only parameters, preconditioned and bounded by
+        their trust region (with the inverses and statistics of this update's first step).
+        """
         kfac = self.kfac
         critic_params = next(group["params"] for group in kfac.param_groups if group["name"] == VALUE_REGION)
         for _ in range(self.n_critic_updates - 1):
