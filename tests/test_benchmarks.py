@@ -57,7 +57,7 @@ def test_sample_efficiency_runs_resumes_and_reports(
 
     # Other settings: their own folder, their own table against A2C's last level; the report's files stay as they were.
     variant = tmp_path / "variant"
-    sample_efficiency.train("CartPole-v1", "acktr", 0, None, ["vf_kl_clip:None"], variant)
+    sample_efficiency.train("CartPole-v1", "acktr", 0, None, ["vf_kl_clip:0.003"], variant)
     assert "vf_kl_clip" in (variant / "CartPole-v1" / "acktr" / "seed_0" / "done.json").read_text()
     capsys.readouterr()
     sample_efficiency.report_variant(variant)
