@@ -66,3 +66,16 @@ def test_acrobot_reaches_minus_100_within_300k_timesteps(seed: int) -> None:
     eval_env = VecNormalize(make_vec_env("Acrobot-v1", n_envs=1, seed=1000 + seed), training=False, norm_reward=False)
     model = ACKTR("MlpPolicy", env, ent_coef=0.0, seed=seed)
     assert timesteps_to_reach(model, eval_env, -100, 300_000, 10_000) is not None
+
+
+@pytest.mark.slow
+def test_cartpole_section_ends_with_a_policy_at_500() -> None:
+    """The CartPole-v1 section (the critic fitted with two further steps per update) keeps its policy to the end."""
+    seed = 1
+    model = ACKTR(
+        "MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=seed), learning_rate=lambda p: 0.25 * p,
+        kl_clip=lambda p: 0.003 * p, vf_kl_clip=0.03, n_critic_updates=3, ent_coef=0.0, stats_update_interval=4, seed=seed,
+    )  # fmt: skip
+    model.learn(100_000)
+    mean_return, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=1, seed=1000 + seed), n_eval_episodes=20)
+    assert isinstance(mean_return, float) and mean_return >= 475
