@@ -7,8 +7,8 @@ evaluation return (10 episodes every 2.5k timesteps).
     python benchmarks/training_diagnostics.py --env CartPole-v1 --seed 1
     python benchmarks/training_diagnostics.py --env CartPole-v1 --seed 1 --params vf_coef:0.1 --folder /tmp/cartpole
 
-``--params`` takes rl-zoo3's ``KEY:VALUE`` form (``lin_<initial value>`` for a linear schedule). The environments are
-first_reach.py's (the section's ``n_envs`` and normalisation).
+``--params`` takes rl-zoo3's ``KEY:VALUE`` form (``lin_<initial value>`` for a linear schedule, ``None`` or
+``null``). The environments are first_reach.py's (the section's ``n_envs`` and normalisation).
 """
 
 import argparse
@@ -54,7 +54,7 @@ def section_arguments(env_id: str, params: list[str]) -> dict[str, Any]:
     section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())[env_id]
     for param in params:
         key, _, value = param.partition(":")
-        section[key] = yaml.safe_load(value)
+        section[key] = None if value == "None" else yaml.safe_load(value)
     return {key: hyperparameter(value) for key, value in section.items() if key not in ZOO_KEYS}
 
 

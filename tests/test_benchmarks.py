@@ -77,8 +77,9 @@ def test_first_reach_stops_at_the_threshold(monkeypatch: pytest.MonkeyPatch, thr
 def test_training_diagnostics_reads_the_section_and_summarises_each_tenth(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    arguments = training_diagnostics.section_arguments("CartPole-v1", ["vf_coef:0.1", "kl_clip:lin_0.002"])
-    assert arguments["vf_coef"] == 0.1 and arguments["ent_coef"] == 0.0 and "n_envs" not in arguments
+    arguments = training_diagnostics.section_arguments("CartPole-v1", ["vf_coef:0.1", "kl_clip:lin_0.002", "vf_kl_clip:None"])
+    assert arguments["vf_coef"] == 0.1 and arguments["ent_coef"] == 0.0 and arguments["vf_kl_clip"] is None
+    assert "n_envs" not in arguments
     assert arguments["kl_clip"](0.5) == pytest.approx(0.001) and arguments["learning_rate"](0.5) == pytest.approx(0.125)
     monkeypatch.setitem(
         training_diagnostics.TASKS, "CartPole-v1", dict(training_diagnostics.TASKS["CartPole-v1"], budget=5_000)
