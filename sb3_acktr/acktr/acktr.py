@@ -33,7 +33,7 @@ from sb3_acktr.common import distributed
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
-from sb3_acktr.kfac.optimizer import all_reduce_mean, check_device, check_hyperparameters, check_number
+from sb3_acktr.kfac.optimizer import all_reduce_mean, check_device, check_hyperparameters, check_integer, check_number
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
@@ -345,8 +345,7 @@ class ACKTR(OnPolicyAlgorithm):
                 raise ValueError(f"ACKTR does not accept policy_kwargs['{key}']: it always uses its K-FAC optimizer")
         for name, value in (("vf_coef", vf_coef), ("ent_coef", ent_coef), ("vf_fisher_coef", vf_fisher_coef)):
             check_number(name, value, 0.0, math.inf)
-        if isinstance(n_critic_updates, bool) or not isinstance(n_critic_updates, int) or n_critic_updates < 1:
-            raise ValueError(f"n_critic_updates must be an integer of at least 1, got {n_critic_updates!r}")
+        check_integer("n_critic_updates", n_critic_updates)
         if n_critic_updates > 1 and vf_kl_clip is None:
             raise ValueError(
                 "n_critic_updates > 1 fits the critic-only parameters in their own trust region: set vf_kl_clip (e.g. "

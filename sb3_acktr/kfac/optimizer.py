@@ -60,9 +60,10 @@ def check_device(device: th.device) -> None:
         )
 
 
-def _check_interval(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def check_integer(name: str, value: Any, minimum: int = 1) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
 
 
 def check_hyperparameters(
@@ -85,10 +86,10 @@ def check_hyperparameters(
         raise ValueError(f"damping_mode must be 'exact' or 'factored', got {damping_mode!r}")
     if conv_mode not in ("expand", "reduce"):
         raise ValueError(f"conv_mode must be 'expand' or 'reduce', got {conv_mode!r}")
-    _check_interval("stats_update_interval", stats_update_interval)
-    _check_interval("inverse_update_interval", inverse_update_interval)
+    check_integer("stats_update_interval", stats_update_interval)
+    check_integer("inverse_update_interval", inverse_update_interval)
     if patches_per_feature is not None:
-        _check_interval("patches_per_feature", patches_per_feature)
+        check_integer("patches_per_feature", patches_per_feature)
 
 
 def pack_symmetric(matrix: th.Tensor) -> th.Tensor:
