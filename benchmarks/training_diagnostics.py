@@ -21,6 +21,7 @@ import pandas as pd
 import torch as th
 import yaml
 from first_reach import TASKS, make_envs
+from rl_zoo3.utils import SimpleLinearSchedule
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.logger import configure
 
@@ -45,8 +46,7 @@ COLUMNS = {
 def hyperparameter(value: Any) -> Any:
     """A value of the file or of ``--params``: ``lin_<x>`` becomes the linear schedule from x to 0."""
     if isinstance(value, str) and value.startswith("lin_"):
-        initial = float(value[len("lin_") :])
-        return lambda progress_remaining: progress_remaining * initial
+        return SimpleLinearSchedule(float(value[len("lin_") :]))
     return value
 
 
