@@ -7,11 +7,11 @@ once averaged over batches.
     python benchmarks/subset_statistics.py --env BreakoutNoFrameskip-v4 --subset 160 --updates 200 --report-at 50 200
     python benchmarks/subset_statistics.py --env BreakoutNoFrameskip-v4 --subset 0 --patches-per-feature 8
 
-ACKTR trains with the settings of a ``train_cost.py`` case, its statistics on the whole rollout and every patch. Before
-each update a second K-FAC optimizer on the same policy folds the factors of ``--subset`` random examples (0: all) of
-the same rollout, with the conv input factors from ``--patches-per-feature`` patches per feature (default: all), into
-running averages of its own (the same decay). At the ``--report-at`` updates, for each layer: the relative Frobenius
-distance between the two averaged factors (what the step uses) and between the factors of this one batch alone on the
+ACKTR trains with the settings of a ``train_cost.py`` case, its statistics at every update on the whole rollout and
+every patch. Before each update a second K-FAC optimizer on the same policy folds the factors of ``--subset`` random
+examples (0: all) of the same rollout, with the conv input factors from ``--patches-per-feature`` patches per feature
+(default: all), into running averages of its own (the same decay). At the ``--report-at`` updates, for each layer: the
+relative Frobenius distance between the two averaged factors (what the step uses) and between the factors of this one batch alone on the
 subset and on the whole rollout (what the averages absorb), and the ratio of ``<V, grad>`` (what the trust region
 bounds) of the layer's last gradient, preconditioned with fresh inverses of the subset's averages and of the whole
 rollout's: above 1, the subset's curvature is smaller in the gradient's directions and the trust region binds harder.
@@ -141,7 +141,7 @@ def run(
 ) -> SubsetStatistics:
     """Train with the statistics on the whole rollout, comparing them with those on subsets (see the module docstring)."""
     case = dict(train_cost.CASES[case_name], **({"env": env_id} if env_id else {}))
-    case["acktr"] = dict(case.get("acktr", {}), stats_batch_size=None, patches_per_feature=None)
+    case["acktr"] = dict(case.get("acktr", {}), stats_batch_size=None, patches_per_feature=None, stats_update_interval=1)
     model = train_cost.make_model("acktr", case, train_cost.make_env(case))
     callback = SubsetStatistics(subset_size, patches_per_feature, report_at)
     model.learn(n_updates * case["n_envs"] * case["n_steps"], callback=callback)

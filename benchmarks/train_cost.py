@@ -11,7 +11,8 @@ Per update: one rollout is collected once and copied into both models; each then
 ``--rounds`` times; the ratio of the medians is printed. Whole run: ``learn()`` for the same number of timesteps in a
 fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureCNN, ACKTR's K-FAC and AcktrCNN); in
-``cnn-32x20-every-patch`` ACKTR's convolution input factors come from every patch (no sampling), in
+``cnn-32x20-whole-rollout`` ACKTR's statistics come from the whole rollout (not the default subset), in
+``cnn-32x20-every-patch`` ACKTR's convolution input factors come from every patch (no sampling) of the whole rollout, in
 ``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
 Atari section, in ``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x20-zoo``
 those of the CartPole-v1 section, in ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic
@@ -71,6 +72,7 @@ NATURE_CNN = dict(features_extractor_class=NatureCNN)
 CHEAP_ATARI_SETTINGS: dict[str, Any] = dict(
     damping_mode="factored",
     conv_mode="reduce",
+    stats_batch_size=None,
     stats_update_interval=4,
     inverse_update_interval=100,
     vf_kl_clip=None,
@@ -85,6 +87,7 @@ def pong_case(n_envs: int = 32, **acktr: Any) -> dict[str, Any]:
 CASES: dict[str, dict[str, Any]] = {
     "cnn-16x20": pong_case(16),
     "cnn-32x20": pong_case(),
+    "cnn-32x20-whole-rollout": pong_case(stats_batch_size=None),
     "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
     "mlp-8x20-zoo": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("CartPole-v1")),
     "mlp-16x20-acrobot-zoo": dict(
@@ -92,7 +95,7 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     "cnn-32x20-naturecnn": pong_case(policy_kwargs=NATURE_CNN),
     "cnn-32x20-zoo": pong_case(**zoo_settings("atari")),
-    "cnn-32x20-every-patch": pong_case(patches_per_feature=None),
+    "cnn-32x20-every-patch": pong_case(patches_per_feature=None, stats_batch_size=None),
     "cnn-32x20-zoo-64": pong_case(**dict(zoo_settings("atari"), stats_batch_size=64)),
     "cnn-32x20-cheap": pong_case(**CHEAP_ATARI_SETTINGS),
 }

@@ -233,7 +233,9 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path: Path, env_id: str
 
 def small_model(policy: str, **kwargs) -> ACKTR:
     env: Any = FakeImageEnv(screen_height=36, screen_width=36) if policy == "CnnPolicy" else make_vec_env("Pendulum-v1", 2)
-    model = ACKTR(policy, env, n_steps=4, seed=0, inverse_update_interval=2, **kwargs)
+    # Statistics at every update (not every 4, the MLP default): the tests follow the factors update by update.
+    settings = dict(dict(n_steps=4, seed=0, inverse_update_interval=2, stats_update_interval=1), **kwargs)
+    model = ACKTR(policy, env, **settings)
     model.set_logger(Logger(None, []))
     return model.learn(model.n_steps * model.n_envs * 3)
 

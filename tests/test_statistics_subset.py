@@ -12,7 +12,7 @@ from torch import nn
 
 import sb3_acktr.acktr.acktr as acktr_module
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.acktr.acktr import select_observations, statistics_subset
+from sb3_acktr.acktr.acktr import resolve_stats_batch_size, select_observations, statistics_subset
 from sb3_acktr.kfac import KroneckerBlock
 
 
@@ -90,7 +90,10 @@ def test_subset_of_the_whole_batch_reproduces_the_shared_pass(monkeypatch: pytes
 
 
 def test_gradient_uses_the_whole_rollout_and_statistics_the_subset() -> None:
-    whole, subset = (rollout_model(make_vec_env("CartPole-v1", n_envs=2, seed=0), stats_batch_size=None) for _ in "ab")
+    whole, subset = (
+        rollout_model(make_vec_env("CartPole-v1", n_envs=2, seed=0), stats_batch_size=None, stats_update_interval=1)
+        for _ in "ab"
+    )
     subset.stats_batch_size = 4
     for model in (whole, subset):
         set_random_seed(1)
@@ -114,16 +117,44 @@ def test_subset_statistics_on_dict_observations_and_cnn() -> None:
         assert_no_numerical_trouble(model.kfac)
 
 
-def test_statistics_use_the_whole_rollout_by_default() -> None:
-    model = rollout_model(make_vec_env("CartPole-v1", n_envs=2, seed=0))
-    assert model.stats_batch_size is None
-    calls = []
-    model._update_statistics = lambda observations: calls.append(observations)  # type: ignore[method-assign]
+def test_auto_subset_size_follows_the_network() -> None:
+    assert resolve_stats_batch_size("auto", 640, convolutional=True) == 160  # a quarter
+    assert resolve_stats_batch_size("auto", 2000, convolutional=True) == 500
+    assert resolve_stats_batch_size("auto", 320, convolutional=True) == 160  # at least 160
+    assert resolve_stats_batch_size("auto", 100, convolutional=True) == 160  # no subset of a smaller rollout
+    assert statistics_subset(100, 160, th.device("cpu")) is None
+    assert resolve_stats_batch_size("auto", 2000, convolutional=False) is None
+    assert resolve_stats_batch_size(None, 2000, convolutional=True) is None
+    assert resolve_stats_batch_size(64, 2000, convolutional=False) == 64
+
+
+@pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])
+def test_default_statistics_use_a_subset_for_convolutions_only(policy: str) -> None:
+    """
+    By default a convolutional policy's statistics come from 160 of 200 examples at every update, an MLP's from the
+    whole rollout every 4 updates.
+    """
+    env_id = (lambda: FakeImageEnv(screen_height=36, screen_width=36)) if policy == "CnnPolicy" else "CartPole-v1"
+    model = rollout_model(make_vec_env(env_id, n_envs=2), n_steps=100, policy=policy)
+    assert model.stats_batch_size == "auto"
+    sizes = []
+    update_statistics = model._update_statistics
+
+    def recording_update(observations: th.Tensor) -> None:
+        sizes.append(len(observations))
+        update_statistics(observations)
+
+    model._update_statistics = recording_update  # type: ignore[method-assign,assignment]
     model.train()
-    assert not calls and model.kfac.state[model.kfac.blocks[0].weight]["statistics_count"] == 2
+    convolutional = policy == "CnnPolicy"
+    assert sizes == ([160] if convolutional else [])
+    # Every update for convolutions, every 4 otherwise: the MLP's second update took none.
+    assert model.kfac.stats_update_interval == (1 if convolutional else 4)
+    assert model.kfac.state[model.kfac.blocks[0].weight]["statistics_count"] == (2 if convolutional else 1)
+    assert_no_numerical_trouble(model.kfac)
 
 
-@pytest.mark.parametrize("value", [0, 1, 2.5, True, "auto"])
+@pytest.mark.parametrize("value", [0, 1, 2.5, True, "half"])
 def test_invalid_stats_batch_size_is_named(value) -> None:
     with pytest.raises(ValueError, match="stats_batch_size"):
         ACKTR("MlpPolicy", "CartPole-v1", stats_batch_size=value)

@@ -7,7 +7,7 @@ import zipfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch as th
 import torch.distributed as dist
@@ -24,6 +24,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
+from torch import nn
 from torch.distributions import Distribution as TorchDistribution
 from torch.nn import functional as F
 
@@ -46,6 +47,15 @@ VALUE_REGION = "value"
 STEP_SIZE_ADAPTATION = 1.5
 # Bounds of the factor that the adaptive step applies to the learning rate (schedule).
 STEP_SIZE_FACTOR_BOUNDS = (1e-3, 1e2)
+
+# The "auto" statistics: a network with convolutions, whose statistics cost per example, takes them at every update
+# from a random AUTO_STATS_FRACTION of the rollout, but from no fewer than AUTO_STATS_BATCH_SIZE_MIN examples (Breakout
+# learned with 160 of 640 examples, not with 64); a network without, whose statistics cost per operation, takes them
+# from the whole rollout every AUTO_STATS_UPDATE_INTERVAL updates (CartPole and Acrobot learned as well as with every
+# update).
+AUTO_STATS_FRACTION = 0.25
+AUTO_STATS_BATCH_SIZE_MIN = 160
+AUTO_STATS_UPDATE_INTERVAL = 4
 
 # Updates skipped in a row for a non-finite gradient before training stops with an explanation.
 MAX_CONSECUTIVE_SKIPPED_UPDATES = 10
@@ -113,6 +123,35 @@ def actor_critic_pass(policy: ActorCriticPolicy, obs: PyTorchObs) -> tuple[Distr
         latent_pi = policy.mlp_extractor.forward_actor(pi_features)
         latent_vf = policy.mlp_extractor.forward_critic(vf_features)
     return policy._get_action_dist_from_latent(latent_pi), policy.value_net(latent_vf).flatten()
+
+
+def has_convolutions(policy: nn.Module) -> bool:
+    """Whether a network has convolutions (what the ``"auto"`` statistics settings depend on)."""
+    return any(isinstance(module, nn.Conv2d) for module in policy.modules())
+
+
+def resolve_stats_batch_size(
+    stats_batch_size: int | Literal["auto"] | None, batch_size: int, convolutional: bool
+) -> int | None:
+    """
+    The number of examples of a batch of ``batch_size`` that the statistics use, or None for the whole batch. ``"auto"``:
+    a quarter of the batch, but at least 160 examples, for a network with convolutions; the whole batch otherwise (a
+    subset's passes of their own cost more than they save on a network whose statistics cost per operation).
+    """
+    if not isinstance(stats_batch_size, str):
+        return stats_batch_size
+    if not convolutional:
+        return None
+    return max(int(AUTO_STATS_FRACTION * batch_size), AUTO_STATS_BATCH_SIZE_MIN)
+
+
+def resolve_stats_update_interval(stats_update_interval: int | Literal["auto"], convolutional: bool) -> int:
+    """The updates between statistics updates. ``"auto"``: every update for a network with convolutions, else every 4."""
+    if not isinstance(stats_update_interval, str):
+        return stats_update_interval
+    if stats_update_interval != "auto":
+        raise ValueError(f"stats_update_interval must be 'auto' or an integer of at least 1, got {stats_update_interval!r}")
+    return 1 if convolutional else AUTO_STATS_UPDATE_INTERVAL
 
 
 def statistics_subset(batch_size: int, stats_batch_size: int | None, device: th.device) -> th.Tensor | None:
@@ -216,8 +255,12 @@ class ACKTR(OnPolicyAlgorithm):
         absorb the extra noise. ``None``, or a rollout no larger: the statistics come from the whole rollout's own
         forward pass. Saves time on convolutional policies, not on small MLPs (whose statistics cost per operation). On
         Breakout, 160 of 640 examples (the zoo's ``atari`` section) reached 10 at 650k-700k steps (seeds 0-2), 64 stayed
-        at A2C's level (seed 0; see ``docs/misc/cost.md``)
-    :param stats_update_interval: Update the Kronecker factors every this many updates
+        at A2C's level (seed 0; see ``docs/misc/cost.md``). ``"auto"`` (default): for a network with convolutions a
+        quarter of the rollout, but at least 160 examples; for one without, the whole rollout
+    :param stats_update_interval: Update the Kronecker factors every this many updates. ``"auto"`` (default): every
+        update for a network with convolutions (its statistics come from a subset, ``stats_batch_size``), every 4 updates
+        otherwise (on CartPole and Acrobot as sample-efficient as every update, at three quarters of the update's cost;
+        see ``docs/misc/cost.md``)
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
     :param distributed: Train data-parallel on ``torch.distributed``: each process (rank) collects its own rollouts
@@ -290,8 +333,8 @@ class ACKTR(OnPolicyAlgorithm):
         damping_mode: DampingMode = "exact",
         conv_mode: ConvMode = "expand",
         patches_per_feature: int | None = 4,
-        stats_batch_size: int | None = None,
-        stats_update_interval: int = 1,
+        stats_batch_size: int | Literal["auto"] | None = "auto",
+        stats_update_interval: int | Literal["auto"] = "auto",
         inverse_update_interval: int = 10,
         async_inverse: bool = False,
         distributed: bool | None = None,
@@ -351,10 +394,10 @@ class ACKTR(OnPolicyAlgorithm):
                 "n_critic_updates > 1 fits the critic-only parameters in their own trust region: set vf_kl_clip (e.g. "
                 f"{DEFAULT_VF_KL_CLIP}), or keep n_critic_updates=1 with one trust region"
             )
-        if stats_batch_size is not None and (
+        if stats_batch_size not in (None, "auto") and (
             isinstance(stats_batch_size, bool) or not isinstance(stats_batch_size, int) or stats_batch_size < 2
         ):
-            raise ValueError(f"stats_batch_size must be None or an integer of at least 2, got {stats_batch_size!r}")
+            raise ValueError(f"stats_batch_size must be 'auto', None or an integer of at least 2, got {stats_batch_size!r}")
         self.normalize_advantage = normalize_advantage
         self.momentum = momentum
         self.kl_clip = kl_clip
@@ -379,7 +422,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.log_kl = log_kl
         self.log_trust_region_split = log_trust_region_split
         # Checked before any network is built, so that a bad value costs nothing (both bounds: by _trust_region_bounds).
-        check_hyperparameters(kl_clip=self._trust_region_bounds()[0], **self._kfac_kwargs())
+        check_hyperparameters(kl_clip=self._trust_region_bounds()[0], **self._kfac_kwargs(convolutional=False))
         _warn_if_first_order_learning_rate(learning_rate)
 
         self._rollout_start: RolloutStart | None = None
@@ -389,8 +432,11 @@ class ACKTR(OnPolicyAlgorithm):
         if _init_setup_model:
             self._setup_model()
 
-    def _kfac_kwargs(self) -> dict[str, Any]:
-        """The K-FAC hyperparameters other than the trust-region bounds (see ``_trust_region_bounds``)."""
+    def _kfac_kwargs(self, convolutional: bool) -> dict[str, Any]:
+        """
+        The K-FAC hyperparameters other than the trust-region bounds (see ``_trust_region_bounds``), for a network with
+        convolutions or without.
+        """
         return dict(
             momentum=self.momentum,
             damping=self.damping,
@@ -398,7 +444,7 @@ class ACKTR(OnPolicyAlgorithm):
             damping_mode=self.damping_mode,
             conv_mode=self.conv_mode,
             patches_per_feature=self.patches_per_feature,
-            stats_update_interval=self.stats_update_interval,
+            stats_update_interval=resolve_stats_update_interval(self.stats_update_interval, convolutional),
             inverse_update_interval=self.inverse_update_interval,
         )
 
@@ -458,7 +504,7 @@ class ACKTR(OnPolicyAlgorithm):
             async_inverse=self.async_inverse,
             trust_regions=trust_regions,
             process_group=self._process_group,
-            **self._kfac_kwargs(),
+            **self._kfac_kwargs(has_convolutions(self.policy)),
         )
         if self.policy.optimizer.uncovered_parameters and self.verbose >= 1:
             print(f"K-FAC does not model these parameters (plain gradient): {self.policy.optimizer.uncovered_parameters}")
@@ -576,7 +622,9 @@ class ACKTR(OnPolicyAlgorithm):
             update_statistics = kfac.statistics_due()
             subset = None
             if update_statistics:
-                subset = statistics_subset(len(rollout_data.advantages), self.stats_batch_size, self.device)
+                batch_size = len(rollout_data.advantages)
+                stats_batch_size = resolve_stats_batch_size(self.stats_batch_size, batch_size, has_convolutions(self.policy))
+                subset = statistics_subset(batch_size, stats_batch_size, self.device)
             if subset is not None:
                 # Before the whole batch's forward pass: the policy reuses one distribution object for every forward.
                 self._update_statistics(select_observations(rollout_data.observations, subset))
