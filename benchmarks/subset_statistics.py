@@ -11,10 +11,11 @@ ACKTR trains with the settings of a ``train_cost.py`` case, its statistics at ev
 every patch. Before each update a second K-FAC optimizer on the same policy folds the factors of ``--subset`` random
 examples (0: all) of the same rollout, with the conv input factors from ``--patches-per-feature`` patches per feature
 (default: all), into running averages of its own (the same decay). At the ``--report-at`` updates, for each layer: the
-relative Frobenius distance between the two averaged factors (what the step uses) and between the factors of this one batch alone on the
-subset and on the whole rollout (what the averages absorb), and the ratio of ``<V, grad>`` (what the trust region
-bounds) of the layer's last gradient, preconditioned with fresh inverses of the subset's averages and of the whole
-rollout's: above 1, the subset's curvature is smaller in the gradient's directions and the trust region binds harder.
+relative Frobenius distance between the two averaged factors (what the step uses) and between the factors of this one
+batch alone on the subset and on the whole rollout (what the averages absorb), and the ratio of ``<V, grad>`` (what the
+trust region bounds) of the layer's last gradient, preconditioned with fresh inverses of the subset's averages and of
+the whole rollout's: above 1, the subset's curvature is smaller in the gradient's directions and the trust region binds
+harder.
 The output of a run is in ``benchmarks/results/subset_statistics.txt``.
 """
 
