@@ -12,6 +12,7 @@ Per update: one rollout is collected once and copied into both models; each then
 fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureCNN, ACKTR's K-FAC and AcktrCNN); in
 ``cnn-32x20-whole-rollout`` ACKTR's statistics come from the whole rollout (not the default subset), in
+``mlp-8x20-every-update`` at every update (not every 4, the default without convolutions), in
 ``cnn-32x20-every-patch`` ACKTR's convolution input factors come from every patch (no sampling) of the whole rollout, in
 ``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
 Atari section, in ``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x20-zoo``
@@ -89,6 +90,9 @@ CASES: dict[str, dict[str, Any]] = {
     "cnn-32x20": pong_case(),
     "cnn-32x20-whole-rollout": pong_case(stats_batch_size=None),
     "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
+    "mlp-8x20-every-update": dict(
+        env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy", acktr=dict(stats_update_interval=1)
+    ),
     "mlp-8x20-zoo": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("CartPole-v1")),
     "mlp-16x20-acrobot-zoo": dict(
         env="Acrobot-v1", n_envs=16, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("Acrobot-v1")
