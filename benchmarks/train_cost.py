@@ -29,11 +29,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch as th
-import yaml
 from stable_baselines3 import A2C
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
@@ -43,12 +41,12 @@ from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.zoo import default_hyperparameters_file
+from sb3_acktr.zoo import hyperparameter_sections
 
 
 def zoo_settings(name: str) -> dict:
     """ACKTR's network, trust regions, K-FAC settings and critic steps in a section of the packaged hyperparameter file."""
-    section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())[name]
+    section = hyperparameter_sections()[name]
     keys = (
         "damping_mode",
         "conv_mode",

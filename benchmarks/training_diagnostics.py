@@ -26,7 +26,7 @@ from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.logger import configure
 
 from sb3_acktr import ACKTR
-from sb3_acktr.zoo import default_hyperparameters_file
+from sb3_acktr.zoo import hyperparameter_sections
 
 # Keys of a section that rl-zoo3 consumes itself (environment, budget, policy name).
 ZOO_KEYS = ("n_envs", "n_timesteps", "policy", "normalize", "env_wrapper", "frame_stack")
@@ -51,7 +51,7 @@ def hyperparameter(value: Any) -> Any:
 
 
 def section_arguments(env_id: str, params: list[str]) -> dict[str, Any]:
-    section = yaml.safe_load(Path(default_hyperparameters_file()).read_text())[env_id]
+    section = hyperparameter_sections()[env_id]
     for param in params:
         key, _, value = param.partition(":")
         section[key] = None if value == "None" else yaml.safe_load(value)

@@ -26,6 +26,7 @@ from importlib import resources
 from typing import Any
 
 import optuna
+import yaml
 
 from sb3_acktr.acktr import ACKTR
 from sb3_acktr.common.torch_layers import AcktrCNN
@@ -38,6 +39,12 @@ TRUST_REGION_BOUNDS = ("kl_clip", "vf_kl_clip")
 def default_hyperparameters_file() -> str:
     """Path of the hyperparameter file shipped with the package (the same file as ``hyperparams/acktr.yml``)."""
     return str(resources.files("sb3_acktr") / "hyperparams" / "acktr.yml")
+
+
+def hyperparameter_sections() -> dict[str, dict[str, Any]]:
+    """The sections of the packaged hyperparameter file, by environment id (and ``atari``)."""
+    with open(default_hyperparameters_file()) as file:
+        return yaml.safe_load(file)
 
 
 def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:

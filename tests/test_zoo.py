@@ -7,15 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.zoo import default_hyperparameters_file, main, sample_acktr_params, zoo_arguments
+from sb3_acktr.zoo import default_hyperparameters_file, hyperparameter_sections, main, sample_acktr_params, zoo_arguments
 
 pytest.importorskip("rl_zoo3", reason="the zoo extra is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = yaml.safe_load(Path(default_hyperparameters_file()).read_text())
+SECTIONS = hyperparameter_sections()
 REQUIRED_SECTIONS = {
     "atari",
     "CartPole-v1",
