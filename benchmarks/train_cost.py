@@ -12,13 +12,14 @@ Per update: one rollout is collected once and copied into both models; each then
 fresh subprocess per algorithm, reporting timesteps per second and peak resident memory (``VmHWM``).
 Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureCNN, ACKTR's K-FAC and AcktrCNN); in
 ``cnn-32x20-whole-rollout`` ACKTR's statistics come from the whole rollout (not the default subset), in
-``mlp-8x20-every-update`` at every update (not every 4, the default without convolutions), in
-``cnn-32x20-every-patch`` ACKTR's convolution input factors come from every patch (no sampling) of the whole rollout, in
-``cnn-32x20-naturecnn`` ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's
-Atari section, in ``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x20-zoo``
-those of the CartPole-v1 section, in ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic
-steps), in ``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses every 100
-(each timed over at least one inverse refresh interval).
+``mlp-8x20-every-update`` at every update (not every 4, the default without convolutions), in ``cnn-32x20-every-patch``
+ACKTR's convolution input factors come from every patch (no sampling) of the whole rollout, in ``cnn-32x20-naturecnn``
+ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's Atari section, in
+``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x20-zoo`` those of the
+CartPole-v1 section, in ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic steps), in
+``mlp-8x128-lunarlander-zoo`` those of the LunarLander-v3 section, in ``cnn-32x20-cheap`` reduced conv factors,
+factored damping, statistics every 4 updates and inverses every 100 (each timed over at least one inverse refresh
+interval).
 """
 
 import argparse
@@ -94,6 +95,9 @@ CASES: dict[str, dict[str, Any]] = {
     "mlp-8x20-zoo": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("CartPole-v1")),
     "mlp-16x20-acrobot-zoo": dict(
         env="Acrobot-v1", n_envs=16, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("Acrobot-v1")
+    ),
+    "mlp-8x128-lunarlander-zoo": dict(
+        env="LunarLander-v3", n_envs=8, n_steps=128, policy="MlpPolicy", acktr=zoo_settings("LunarLander-v3")
     ),
     "cnn-32x20-naturecnn": pong_case(policy_kwargs=NATURE_CNN),
     "cnn-32x20-zoo": pong_case(**zoo_settings("atari")),
