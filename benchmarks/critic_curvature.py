@@ -161,7 +161,8 @@ def probe(env_id: str, kwargs: dict[str, Any], updates: list[int], seed: int = 0
     if min(updates) < 2:
         raise ValueError(f"compare before update 2 or later (the factors exist after the first), got {min(updates)}")
     env, _ = make_envs(env_id, seed)
-    model = ACKTR("MlpPolicy", env, seed=seed, device="cpu", **{"ent_coef": 0.0, **kwargs})
+    # Statistics at every update: the probe compares the factors update by update.
+    model = ACKTR("MlpPolicy", env, seed=seed, device="cpu", **{"ent_coef": 0.0, "stats_update_interval": 1, **kwargs})
     if model.vf_fisher_coef <= 0:
         raise ValueError("the bound needs vf_fisher_coef > 0")
     extractors = (model.policy.pi_features_extractor, model.policy.vf_features_extractor)
