@@ -89,8 +89,8 @@ def worker(task: str, timesteps: int) -> None:
         env = VecFrameStack(make_atari_env("PongNoFrameskip-v4", n_envs=8, seed=rank), n_stack=4)
         model = ACKTR("CnnPolicy", env, stats_batch_size=160, vf_kl_clip=None, device="cpu", seed=0)
     else:
-        env = make_vec_env("CartPole-v1", n_envs=8)
-        model = ACKTR("MlpPolicy", env, stats_update_interval=1, device="cpu", seed=0)  # a factor all-reduce per update
+        cartpole = make_vec_env("CartPole-v1", n_envs=8)
+        model = ACKTR("MlpPolicy", cartpole, stats_update_interval=1, device="cpu", seed=0)  # factors joined at every update
     model.learn(model.n_steps * model.n_envs)  # start-up: first inverses and allocations
     start = time.perf_counter()
     model.learn(timesteps, reset_num_timesteps=False)
