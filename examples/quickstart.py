@@ -28,7 +28,6 @@ def main() -> None:
         vf_kl_clip=0.03,
         n_critic_updates=3,
         ent_coef=0.0,
-        stats_update_interval=4,
         seed=args.seed,
         verbose=0,
     )
