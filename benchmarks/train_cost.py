@@ -17,9 +17,9 @@ ACKTR's convolution input factors come from every patch (no sampling) of the who
 ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's Atari section, in
 ``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x20-zoo`` those of the
 CartPole-v1 section, in ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic steps), in
-``mlp-8x128-lunarlander-zoo`` those of the LunarLander-v3 section, in ``cnn-32x20-cheap`` reduced conv factors,
-factored damping, statistics every 4 updates and inverses every 100 (each timed over at least one inverse refresh
-interval).
+``mlp-8x128-lunarlander-zoo``, ``mlp-1x2048-halfcheetah-zoo`` and ``mlp-1x2048-hopper-zoo`` those of these tasks'
+sections, in ``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses every
+100 (each timed over at least one inverse refresh interval).
 """
 
 import argparse
@@ -98,6 +98,12 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     "mlp-8x128-lunarlander-zoo": dict(
         env="LunarLander-v3", n_envs=8, n_steps=128, policy="MlpPolicy", acktr=zoo_settings("LunarLander-v3")
+    ),
+    "mlp-1x2048-halfcheetah-zoo": dict(
+        env="HalfCheetah-v5", n_envs=1, n_steps=2048, policy="MlpPolicy", acktr=zoo_settings("HalfCheetah-v5")
+    ),
+    "mlp-1x2048-hopper-zoo": dict(
+        env="Hopper-v5", n_envs=1, n_steps=2048, policy="MlpPolicy", acktr=zoo_settings("Hopper-v5")
     ),
     "cnn-32x20-naturecnn": pong_case(policy_kwargs=NATURE_CNN),
     "cnn-32x20-zoo": pong_case(**zoo_settings("atari")),
