@@ -394,10 +394,8 @@ class ACKTR(OnPolicyAlgorithm):
                 "n_critic_updates > 1 fits the critic-only parameters in their own trust region: set vf_kl_clip (e.g. "
                 f"{DEFAULT_VF_KL_CLIP}), or keep n_critic_updates=1 with one trust region"
             )
-        if stats_batch_size not in (None, "auto") and (
-            isinstance(stats_batch_size, bool) or not isinstance(stats_batch_size, int) or stats_batch_size < 2
-        ):
-            raise ValueError(f"stats_batch_size must be 'auto', None or an integer of at least 2, got {stats_batch_size!r}")
+        if stats_batch_size not in (None, "auto"):
+            check_integer("stats_batch_size", stats_batch_size, minimum=2)
         self.normalize_advantage = normalize_advantage
         self.momentum = momentum
         self.kl_clip = kl_clip
