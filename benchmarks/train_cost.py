@@ -84,27 +84,22 @@ def pong_case(n_envs: int = 32, **acktr: Any) -> dict[str, Any]:
     return dict(env="PongNoFrameskip-v4", n_envs=n_envs, n_steps=20, policy="CnnPolicy", acktr=acktr)
 
 
+def mlp_case(env: str, n_envs: int, n_steps: int, **acktr: Any) -> dict[str, Any]:
+    """``env`` with SB3's MLP policy, ``n_envs`` x ``n_steps`` per rollout, ACKTR with ``acktr`` on top of its defaults."""
+    return dict(env=env, n_envs=n_envs, n_steps=n_steps, policy="MlpPolicy", acktr=acktr)
+
+
 CASES: dict[str, dict[str, Any]] = {
     "cnn-16x20": pong_case(16),
     "cnn-32x20": pong_case(),
     "cnn-32x20-whole-rollout": pong_case(stats_batch_size=None),
-    "mlp-8x20": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy"),
-    "mlp-8x20-every-update": dict(
-        env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy", acktr=dict(stats_update_interval=1)
-    ),
-    "mlp-8x20-zoo": dict(env="CartPole-v1", n_envs=8, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("CartPole-v1")),
-    "mlp-16x20-acrobot-zoo": dict(
-        env="Acrobot-v1", n_envs=16, n_steps=20, policy="MlpPolicy", acktr=zoo_settings("Acrobot-v1")
-    ),
-    "mlp-8x128-lunarlander-zoo": dict(
-        env="LunarLander-v3", n_envs=8, n_steps=128, policy="MlpPolicy", acktr=zoo_settings("LunarLander-v3")
-    ),
-    "mlp-1x2048-halfcheetah-zoo": dict(
-        env="HalfCheetah-v5", n_envs=1, n_steps=2048, policy="MlpPolicy", acktr=zoo_settings("HalfCheetah-v5")
-    ),
-    "mlp-1x2048-hopper-zoo": dict(
-        env="Hopper-v5", n_envs=1, n_steps=2048, policy="MlpPolicy", acktr=zoo_settings("Hopper-v5")
-    ),
+    "mlp-8x20": mlp_case("CartPole-v1", 8, 20),
+    "mlp-8x20-every-update": mlp_case("CartPole-v1", 8, 20, stats_update_interval=1),
+    "mlp-8x20-zoo": mlp_case("CartPole-v1", 8, 20, **zoo_settings("CartPole-v1")),
+    "mlp-16x20-acrobot-zoo": mlp_case("Acrobot-v1", 16, 20, **zoo_settings("Acrobot-v1")),
+    "mlp-8x128-lunarlander-zoo": mlp_case("LunarLander-v3", 8, 128, **zoo_settings("LunarLander-v3")),
+    "mlp-1x2048-halfcheetah-zoo": mlp_case("HalfCheetah-v5", 1, 2048, **zoo_settings("HalfCheetah-v5")),
+    "mlp-1x2048-hopper-zoo": mlp_case("Hopper-v5", 1, 2048, **zoo_settings("Hopper-v5")),
     "cnn-32x20-naturecnn": pong_case(policy_kwargs=NATURE_CNN),
     "cnn-32x20-zoo": pong_case(**zoo_settings("atari")),
     "cnn-32x20-every-patch": pong_case(patches_per_feature=None, stats_batch_size=None),
