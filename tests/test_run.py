@@ -27,7 +27,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.acktr.acktr import actor_critic_pass, fisher_loss, forward_actor_critic
+from sb3_acktr.acktr.acktr import action_distribution, actor_critic_pass, fisher_loss, forward_actor_critic
 from sb3_acktr.kfac import KFAC
 from sb3_acktr.kfac.blocks import ConvMode
 from sb3_acktr.kfac.inverses import DampingMode
@@ -456,6 +456,35 @@ def test_training_goes_through_the_policy_hook() -> None:
     obs = th.as_tensor(model.rollout_buffer.observations.reshape(-1, 4)[:4])
     _, values = forward_actor_critic(model.policy, obs)
     assert th.allclose(values, model.policy.predict_values(obs).flatten())  # training sees the rollouts' values
+
+
+@pytest.mark.parametrize("share_features_extractor", [True, False])
+def test_kl_forward_runs_the_actor_alone(share_features_extractor: bool) -> None:
+    """The KL of an update needs the new action distribution only: the critic's layers are not run for it."""
+    policy_kwargs = dict(share_features_extractor=share_features_extractor)
+    model = ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, log_kl=True, policy_kwargs=policy_kwargs, seed=0)
+    obs = th.as_tensor(model.get_env().reset())  # type: ignore[union-attr]
+    expected, _ = forward_actor_critic(model.policy, obs)
+    expected_log_prob = expected.log_prob(th.ones(1, 1)).clone()
+    value_calls = []
+    model.policy.value_net.register_forward_hook(lambda *_: value_calls.append(1))
+    distribution = action_distribution(model.policy, obs)
+    assert th.equal(distribution.log_prob(th.ones(1, 1)), expected_log_prob)
+    assert not value_calls
+    train_without_dump(model, 8)
+    value_calls.clear()
+    model.train()  # again on the same rollout
+    assert len(value_calls) == 1  # the training forward, none for the KL
+    assert model.logger.name_to_value["train/kl"] > 0.0
+
+
+def test_kl_forward_goes_through_the_policy_hook() -> None:
+    model = ACKTR(DoubledValuePolicyWithHook, "CartPole-v1", n_steps=8, seed=0)
+    policy = model.policy
+    assert isinstance(policy, DoubledValuePolicyWithHook)
+    calls = policy.hook_calls
+    action_distribution(policy, th.zeros(2, 4))
+    assert policy.hook_calls == calls + 1
 
 
 @pytest.mark.parametrize("device", DEVICES)

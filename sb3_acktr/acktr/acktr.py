@@ -125,6 +125,16 @@ def actor_critic_pass(policy: ActorCriticPolicy, obs: PyTorchObs) -> tuple[Distr
     return policy._get_action_dist_from_latent(latent_pi), policy.value_net(latent_vf).flatten()
 
 
+def action_distribution(policy: ActorCriticPolicy, obs: PyTorchObs) -> Distribution:
+    """
+    The action distribution alone (the actor's layers, not the critic's), as training sees it: through the policy's
+    ``distribution_and_values`` hook when it defines one, otherwise SB3's ``get_distribution``.
+    """
+    if hasattr(policy, TRAINING_HOOK):
+        return forward_actor_critic(policy, obs)[0]
+    return policy.get_distribution(obs)
+
+
 def has_convolutions(policy: nn.Module) -> bool:
     """Whether a network has convolutions (what the ``"auto"`` statistics settings depend on)."""
     return any(isinstance(module, nn.Conv2d) for module in policy.modules())
@@ -697,7 +707,7 @@ class ACKTR(OnPolicyAlgorithm):
         # The policy's Distribution object is reused by every forward: keep the old one's parameters.
         old_distribution = copy.copy(distribution)
         with th.no_grad():
-            new_distribution, _ = forward_actor_critic(self.policy, observations)
+            new_distribution = action_distribution(self.policy, observations)
             # Per-dimension KLs (diagonal Gaussian, Bernoulli) add up to the KL of the joint action.
             kl = kl_divergence(old_distribution, new_distribution)
             kl = kl.reshape(kl.shape[0], -1).sum(dim=1).mean()
