@@ -18,8 +18,9 @@ ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settin
 ``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x20-zoo`` those of the
 CartPole-v1 section, in ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic steps), in
 ``mlp-8x128-lunarlander-zoo``, ``mlp-1x2048-halfcheetah-zoo`` and ``mlp-1x2048-hopper-zoo`` those of these tasks'
-sections, in ``cnn-32x20-cheap`` reduced conv factors, factored damping, statistics every 4 updates and inverses every
-100 (each timed over at least one inverse refresh interval).
+sections (in the last two A2C runs on ACKTR's 256-256 networks too: the same network), in ``cnn-32x20-cheap`` reduced
+conv factors, factored damping, statistics every 4 updates and inverses every 100 (each timed over at least one inverse
+refresh interval).
 """
 
 import argparse
@@ -42,7 +43,7 @@ from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.zoo import hyperparameter_sections
+from sb3_acktr.zoo import hyperparameter_sections, preprocess_trust_region_schedules
 
 
 def zoo_settings(name: str) -> dict:
@@ -55,11 +56,13 @@ def zoo_settings(name: str) -> dict:
         "stats_batch_size",
         "stats_update_interval",
         "inverse_update_interval",
+        "kl_clip",
         "vf_kl_clip",
         "n_critic_updates",
         "target_kl",
+        "normalize_advantage",
     )
-    settings = {key: section[key] for key in keys if key in section}
+    settings = preprocess_trust_region_schedules({key: section[key] for key in keys if key in section})
     if "policy_kwargs" in section:
         settings["policy_kwargs"] = eval(section["policy_kwargs"], {"AcktrCNN": AcktrCNN})
     return settings
@@ -89,6 +92,11 @@ def mlp_case(env: str, n_envs: int, n_steps: int, **acktr: Any) -> dict[str, Any
     return dict(env=env, n_envs=n_envs, n_steps=n_steps, policy="MlpPolicy", acktr=acktr)
 
 
+def same_network(case: dict[str, Any]) -> dict[str, Any]:
+    """``case`` with A2C on ACKTR's network (its ``policy_kwargs``) instead of A2C's default one."""
+    return dict(case, a2c=dict(policy_kwargs=case["acktr"]["policy_kwargs"]))
+
+
 CASES: dict[str, dict[str, Any]] = {
     "cnn-16x20": pong_case(16),
     "cnn-32x20": pong_case(),
@@ -98,8 +106,8 @@ CASES: dict[str, dict[str, Any]] = {
     "mlp-8x20-zoo": mlp_case("CartPole-v1", 8, 20, **zoo_settings("CartPole-v1")),
     "mlp-16x20-acrobot-zoo": mlp_case("Acrobot-v1", 16, 20, **zoo_settings("Acrobot-v1")),
     "mlp-8x128-lunarlander-zoo": mlp_case("LunarLander-v3", 8, 128, **zoo_settings("LunarLander-v3")),
-    "mlp-1x2048-halfcheetah-zoo": mlp_case("HalfCheetah-v5", 1, 2048, **zoo_settings("HalfCheetah-v5")),
-    "mlp-1x2048-hopper-zoo": mlp_case("Hopper-v5", 1, 2048, **zoo_settings("Hopper-v5")),
+    "mlp-1x2048-halfcheetah-zoo": same_network(mlp_case("HalfCheetah-v5", 1, 2048, **zoo_settings("HalfCheetah-v5"))),
+    "mlp-1x2048-hopper-zoo": same_network(mlp_case("Hopper-v5", 1, 2048, **zoo_settings("Hopper-v5"))),
     "cnn-32x20-naturecnn": pong_case(policy_kwargs=NATURE_CNN),
     "cnn-32x20-zoo": pong_case(**zoo_settings("atari")),
     "cnn-32x20-every-patch": pong_case(patches_per_feature=None, stats_batch_size=None),
@@ -121,10 +129,11 @@ def make_env(case: dict) -> VecEnv:
 def make_model(algo: str, case: dict, env: VecEnv) -> OnPolicyAlgorithm:
     if algo == "acktr":
         model: OnPolicyAlgorithm = ACKTR(
-            case["policy"], env, n_steps=case["n_steps"], seed=0, device="cpu", **case.get("acktr", {})
+            case["policy"], env, n_steps=case["n_steps"], seed=0, device="cpu", **copy.deepcopy(case.get("acktr", {}))
         )
     else:
-        model = A2C(case["policy"], env, n_steps=case["n_steps"], seed=0, device="cpu")
+        a2c_kwargs = copy.deepcopy(case.get("a2c", {}))  # A2C adds its optimizer to policy_kwargs
+        model = A2C(case["policy"], env, n_steps=case["n_steps"], seed=0, device="cpu", **a2c_kwargs)
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
 
