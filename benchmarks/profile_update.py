@@ -7,6 +7,7 @@ Where one ACKTR update spends its time, for one case of ``train_cost.py`` (ACKTR
     python benchmarks/profile_update.py --case mlp-8x20 --syncs                   # host round-trips per train()
     python benchmarks/profile_update.py --case mlp-8x20 --op-counts               # torch operations per phase
     python benchmarks/profile_update.py --conv-factors                            # AcktrCNN's conv factors, two ways
+    python benchmarks/profile_update.py --case mlp-1x2048-hopper-zoo --kl-forward # the KL from the actor, or actor and critic
 
 Phases: the wall-clock time spent in each K-FAC method and in the policy's forward passes during ``--updates``
 ``train()`` calls on one collected rollout (nested phases are included in their parents: ``step`` contains the
@@ -16,10 +17,13 @@ that copy a tensor's value to Python (``item``, ``tolist``, ``float``, ``bool``,
 innermost phase, with A2C's total: where the fixed per-operation cost of a small network goes. ``--conv-factors``
 times, for the convolutions of ``AcktrCNN`` on Atari frames, the activation factor built by batched products summed
 over the batch against one product of the ``(D, B * T)`` patch matrix (what ``KroneckerBlock`` does).
+``--kl-forward`` times ``train()`` (a case with ``target_kl`` or ``log_kl``) with the KL's forward pass through the
+actor's layers alone (what ACKTR does) and through actor and critic, alternating the two ``--rounds`` times.
 """
 
 import argparse
 import functools
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +45,7 @@ from sb3_acktr.kfac.optimizer import KFAC
 
 PHASES: list[tuple[Any, str, str]] = [
     (acktr_module, "forward_actor_critic", "forward passes (with statistics capture)"),
+    (acktr_module, "action_distribution", "KL forward (the actor's layers)"),
     (acktr_module, "fisher_loss", "Fisher loss (sampling)"),
     (KFAC, "update_statistics", "Fisher backward and factors' averages"),
     (th.Tensor, "backward", "loss backward"),
@@ -157,6 +162,26 @@ def syncs(model: Any, n_updates: int) -> int:
     return round(count / n_updates)
 
 
+def kl_forward(model: Any, n_updates: int, rounds: int) -> None:
+    """Mean ms per ``train()`` (median over the rounds) with the KL from the actor's layers alone and from the actor and
+    critic's forward."""
+    actor_alone = acktr_module.action_distribution
+    ways = {
+        "actor alone": actor_alone,
+        "actor and critic": lambda policy, obs: acktr_module.forward_actor_critic(policy, obs)[0],
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    try:
+        for _ in range(rounds):
+            for name, way in ways.items():
+                acktr_module.action_distribution = way
+                times[name].append(train_cost.seconds_per_update(model, n_updates))
+    finally:
+        acktr_module.action_distribution = actor_alone
+    for name, seconds in times.items():
+        print(f"KL forward through the {name}: {1000 * statistics.median(seconds):.1f} ms per train()")
+
+
 def _median_ms(function: Callable[[], Any], rounds: int) -> float:
     return 1000 * median_seconds(function, rounds, warmup=1)
 
@@ -200,6 +225,8 @@ def main() -> None:
     parser.add_argument("--op-counts", action="store_true", help="torch operations per phase, ACKTR and A2C")
     parser.add_argument("--conv-factors", action="store_true", help="time the conv activation factors, two ways")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[640, 64])
+    parser.add_argument("--kl-forward", action="store_true", help="train() with the KL from the actor, or actor and critic")
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of --kl-forward")
     args = parser.parse_args()
     print(f"torch {th.__version__}, {th.get_num_threads()} threads")
     if args.conv_factors:
@@ -211,6 +238,8 @@ def main() -> None:
     if args.syncs:
         a2c = model_with_rollout("a2c", args.case, {})
         print(f"host round-trips per train(): ACKTR {syncs(model, args.updates)}, A2C {syncs(a2c, args.updates)}")
+    elif args.kl_forward:
+        kl_forward(model, args.updates, args.rounds)
     elif args.op_counts:
         counts = top_level_operations(model, args.updates, PHASES)
         for label, count in sorted(counts.items(), key=lambda item: -item[1]):
