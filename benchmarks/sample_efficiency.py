@@ -2,29 +2,29 @@
 Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hyperparameters (ACKTR's from
 ``hyperparams/acktr.yml``), trained by rl-zoo3 with the same budget, evaluation schedule and seeds.
 
-    python benchmarks/sample_efficiency.py run --env CartPole-v1 --seeds 0 1 2 3 4     # resumable: done runs are kept
+    python benchmarks/sample_efficiency.py run --env CartPole-v1 --seeds 0 1 2 3 4     # resumable (done runs are kept)
     python benchmarks/sample_efficiency.py report                                      # table, JSON, CSV and plots
     python benchmarks/sample_efficiency.py run --env BreakoutNoFrameskip-v4 --algos acktr --seeds 0 \
         --params stats_batch_size:160 --runs benchmarks/results/runs/_variants/stats_batch_size_160   # other settings
 
 ``run`` trains every (algorithm, seed) with ``python -m sb3_acktr.zoo train`` in a subprocess, in parallel
-(``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S``. The zoo's EvalCallback writes
-``evaluations.npz`` (evaluation return against timesteps; deterministic, except on Atari where rl-zoo3 samples the
-actions) and the Monitor files give wall-clock time (the vectorised environments step in lockstep, so env 0's step
-count times n_envs is the run's timestep count).
-``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each
-task, timesteps and seconds until the evaluation return first reaches the threshold (mean and standard deviation over
-the seeds that reached it, and how many did), the mean evaluation return over the whole run (area under the curve:
-it also rewards staying above the threshold), the mean return of the last 100 training episodes (from the Monitor
-files: stochastic actions, full games, many more episodes than the evaluations) and the timesteps at which that running
-mean first reached A2C's final one (averaged over A2C's seeds): a ratio of sample efficiency where the threshold is out
-of reach within the budget.
-"""
+(``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S`` (a run cut short starts again). The
+zoo's EvalCallback writes ``evaluations.npz`` (evaluation return against timesteps; deterministic, except on Atari
+where rl-zoo3 samples the actions) and the Monitor files give wall-clock time (the vectorised environments step in
+lockstep, so env 0's step count times n_envs is the run's timestep count). ``report`` writes
+``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each task, timesteps
+and seconds until the evaluation return first reaches the threshold (mean and standard deviation over the seeds that
+reached it, and how many did), the mean evaluation return over the whole run (area under the curve: it also rewards
+staying above the threshold), the mean return of the last 100 training episodes (from the Monitor files: stochastic
+actions, full games, many more episodes than the evaluations) and the timesteps at which that running mean first
+reached A2C's final one (averaged over A2C's seeds): a ratio of sample efficiency where the threshold is out of reach
+within the budget. """
 
 import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +65,7 @@ def train(
     directory = run_directory(env_id, algo, seed, runs)
     if (directory / "done.json").is_file():
         return f"{env_id} {algo} seed {seed}: already done"
+    shutil.rmtree(directory / "zoo", ignore_errors=True)  # what an interrupted run left: it starts again
     directory.mkdir(parents=True, exist_ok=True)
     n_timesteps = int(budget or task["budget"])
     command = [
