@@ -8,6 +8,7 @@ Where one ACKTR update spends its time, for one case of ``train_cost.py`` (ACKTR
     python benchmarks/profile_update.py --case mlp-8x20 --op-counts               # torch operations per phase
     python benchmarks/profile_update.py --conv-factors                            # AcktrCNN's conv factors, two ways
     python benchmarks/profile_update.py --case mlp-1x2048-hopper-zoo --kl-forward # the KL from the actor, or actor and critic
+    python benchmarks/profile_update.py --case mlp-16x20-acrobot-zoo --critic-step # the parts of one further critic step
 
 Phases: the wall-clock time spent in each K-FAC method and in the policy's forward passes during ``--updates``
 ``train()`` calls on one collected rollout (nested phases are included in their parents: ``step`` contains the
@@ -19,6 +20,8 @@ times, for the convolutions of ``AcktrCNN`` on Atari frames, the activation fact
 over the batch against one product of the ``(D, B * T)`` patch matrix (what ``KroneckerBlock`` does).
 ``--kl-forward`` times ``train()`` (a case with ``target_kl`` or ``log_kl``) with the KL's forward pass through the
 actor's layers alone (what ACKTR does) and through actor and critic, alternating the two ``--rounds`` times.
+``--critic-step`` times the parts of one further critic step (``n_critic_updates``) on the rollout, median over
+``--updates`` steps: the critic's forward and loss, its gradient, zeroing and assigning the gradients, ``KFAC.step``.
 """
 
 import argparse
@@ -182,6 +185,30 @@ def kl_forward(model: Any, n_updates: int, rounds: int) -> None:
         print(f"KL forward through the {name}: {1000 * statistics.median(seconds):.1f} ms per train()")
 
 
+def critic_step(model: Any, n_steps: int) -> None:
+    """Median ms of the parts of a further critic step, as ``ACKTR._fit_critic`` takes it, over ``n_steps`` steps."""
+    data = next(model.rollout_buffer.get(batch_size=None))
+    kfac = model.kfac
+    critic_params = next(group["params"] for group in kfac.param_groups if group["name"] == acktr_module.VALUE_REGION)
+    parts: dict[str, list[float]] = {name: [] for name in ("forward and loss", "gradient", "zero and assign", "step")}
+    for _ in range(n_steps):
+        times = [time.perf_counter()]
+        value_loss = F.mse_loss(data.returns, model.policy.predict_values(data.observations).flatten())
+        times.append(time.perf_counter())
+        grads = th.autograd.grad(model.vf_coef * value_loss, critic_params, allow_unused=True)
+        times.append(time.perf_counter())
+        kfac.zero_grad()
+        for param, grad in zip(critic_params, grads, strict=True):
+            param.grad = grad
+        times.append(time.perf_counter())
+        kfac.step(further=True)
+        times.append(time.perf_counter())
+        for name, start, end in zip(parts, times, times[1:], strict=False):
+            parts[name].append(end - start)
+    medians = {name: 1000 * statistics.median(seconds) for name, seconds in parts.items()}
+    print(", ".join(f"{name} {ms:.2f} ms" for name, ms in medians.items()) + f"; in all {sum(medians.values()):.2f} ms")
+
+
 def _median_ms(function: Callable[[], Any], rounds: int) -> float:
     return 1000 * median_seconds(function, rounds, warmup=1)
 
@@ -227,6 +254,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[640, 64])
     parser.add_argument("--kl-forward", action="store_true", help="train() with the KL from the actor, or actor and critic")
     parser.add_argument("--rounds", type=int, default=5, help="alternations of --kl-forward")
+    parser.add_argument("--critic-step", action="store_true", help="the parts of one further critic step")
     args = parser.parse_args()
     print(f"torch {th.__version__}, {th.get_num_threads()} threads")
     if args.conv_factors:
@@ -238,6 +266,8 @@ def main() -> None:
     if args.syncs:
         a2c = model_with_rollout("a2c", args.case, {})
         print(f"host round-trips per train(): ACKTR {syncs(model, args.updates)}, A2C {syncs(a2c, args.updates)}")
+    elif args.critic_step:
+        critic_step(model, args.updates)
     elif args.kl_forward:
         kl_forward(model, args.updates, args.rounds)
     elif args.op_counts:
