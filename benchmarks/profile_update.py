@@ -166,8 +166,10 @@ def syncs(model: Any, n_updates: int) -> int:
 
 
 def kl_forward(model: Any, n_updates: int, rounds: int) -> None:
-    """Mean ms per ``train()`` (median over the rounds) with the KL from the actor's layers alone and from the actor and
-    critic's forward."""
+    """
+    Mean ms per ``train()`` (median over the rounds) with the KL from the actor's layers alone and from the forward pass
+    of actor and critic.
+    """
     actor_alone = acktr_module.action_distribution
     ways = {
         "actor alone": actor_alone,
