@@ -11,14 +11,15 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
 (``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S`` (a run cut short starts again). The
 zoo's EvalCallback writes ``evaluations.npz`` (evaluation return against timesteps; deterministic, except on Atari
 where rl-zoo3 samples the actions) and the Monitor files give wall-clock time (the vectorised environments step in
-lockstep, so env 0's step count times n_envs is the run's timestep count). ``report`` writes
-``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each task, timesteps
-and seconds until the evaluation return first reaches the threshold (mean and standard deviation over the seeds that
-reached it, and how many did), the mean evaluation return over the whole run (area under the curve: it also rewards
-staying above the threshold), the mean return of the last 100 training episodes (from the Monitor files: stochastic
-actions, full games, many more episodes than the evaluations) and the timesteps at which that running mean first
-reached A2C's final one (averaged over A2C's seeds): a ratio of sample efficiency where the threshold is out of reach
-within the budget. """
+lockstep, so env 0's step count times n_envs is the run's timestep count).
+``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each
+task, timesteps and seconds until the evaluation return first reaches the threshold (mean and standard deviation over
+the seeds that reached it, and how many did), the mean evaluation return over the whole run (area under the curve:
+it also rewards staying above the threshold), the mean return of the last 100 training episodes (from the Monitor
+files: stochastic actions, full games, many more episodes than the evaluations) and the timesteps at which that running
+mean first reached A2C's final one (averaged over A2C's seeds): a ratio of sample efficiency where the threshold is out
+of reach within the budget.
+"""
 
 import argparse
 import csv
