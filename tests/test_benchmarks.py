@@ -22,6 +22,7 @@ import save_size
 import subset_statistics
 import train_cost
 import training_diagnostics
+import training_speed
 
 
 def test_sample_efficiency_runs_resumes_and_reports(
@@ -104,6 +105,25 @@ def test_wall_clock_counts_atari_frames_as_timesteps(tmp_path: Path) -> None:
     # 2 envs x 400 frames = 800 timesteps per episode end, or 200 with 4 frames per timestep.
     assert sample_efficiency.wall_clock_at(tmp_path, np.array([800, 1200, 1600])).tolist() == [10.0, 15.0, 20.0]
     assert sample_efficiency.wall_clock_at(tmp_path, np.array([200, 300, 400]), frame_skip=4).tolist() == [10.0, 15.0, 20.0]
+
+
+def test_training_speed_reads_the_logged_fps_and_the_benchmark_timesteps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert training_speed.timesteps_per_second("CartPole-v1", "acktr", 320, ["n_steps:10"]) > 0
+
+    table = [dict(env="CartPole-v1", algo="acktr", steps_mean=900.0), dict(env="CartPole-v1", algo="a2c", steps_mean=None)]
+    (tmp_path / "sample_efficiency.json").write_text(json.dumps(dict(table=table, curves={})))
+    monkeypatch.setattr(training_speed, "RESULTS", tmp_path)
+    assert training_speed.timesteps_to_threshold("CartPole-v1") == dict(acktr=900.0, a2c=None)
+    # Other settings' runs replace ACKTR's figure: a finished run (done.json) that never reached the threshold.
+    runs = tmp_path / "variant"
+    folder = runs / "CartPole-v1" / "acktr" / "seed_0" / "zoo" / "acktr" / "CartPole-v1_1"
+    folder.mkdir(parents=True)
+    np.savez(folder / "evaluations.npz", timesteps=np.array([100, 200]), results=np.array([[10.0], [20.0]]))
+    (folder / "0.monitor.csv").write_text('#{"t_start": 0}\nr,l,t\n10.0,100,1.0\n')
+    (runs / "CartPole-v1" / "acktr" / "seed_0" / "done.json").write_text(json.dumps(dict(seconds=2.0, n_timesteps=200)))
+    assert training_speed.timesteps_to_threshold("CartPole-v1", runs) == dict(acktr=None, a2c=None)
 
 
 @pytest.mark.parametrize("n_samples, n_params", [(12, 30), (30, 12)])
