@@ -75,21 +75,21 @@ def main() -> None:
             print(f"{algo}: {speeds[algo][-1]:.0f} timesteps/s", flush=True)
     fps = {algo: statistics.median(values) for algo, values in speeds.items()}
     steps = timesteps_to_threshold(args.env, args.acktr_runs)
-    seconds = {algo: steps[algo] / fps[algo] if steps.get(algo) else None for algo in args.algos}
+    seconds = {algo: (to_threshold / fps[algo] if (to_threshold := steps.get(algo)) else None) for algo in args.algos}
 
     print(f"{args.env}, threshold {TASKS[args.env]['threshold']}, {args.timesteps} timesteps per run, {args.rounds} rounds")
     print("| algorithm | timesteps/s | vs A2C | timesteps to threshold | training seconds to threshold | vs PPO |")
     print("|---|---|---|---|---|---|")
     for algo in args.algos:
-        versus_a2c = f"{fps[algo] / fps['a2c']:.2f}" if "a2c" in fps else "-"
-        to_threshold = f"{steps[algo]:,.0f}" if steps.get(algo) else "not reached"
-        algo_seconds = seconds[algo]
-        ppo_seconds = seconds.get("ppo")
-        versus_ppo = f"{algo_seconds / ppo_seconds:.2f}" if algo_seconds and ppo_seconds else "-"
-        print(
-            f"| {algo} | {fps[algo]:.0f} | {versus_a2c} | {to_threshold} | "
-            f"{f'{algo_seconds:,.0f}' if algo_seconds else '-'} | {versus_ppo} |"
-        )
+        to_threshold, algo_seconds, ppo_seconds = steps.get(algo), seconds[algo], seconds.get("ppo")
+        cells = [
+            f"{fps[algo]:.0f}",
+            f"{fps[algo] / fps['a2c']:.2f}" if "a2c" in fps else "-",
+            f"{to_threshold:,.0f}" if to_threshold else "not reached",
+            f"{algo_seconds:,.0f}" if algo_seconds else "-",
+            f"{algo_seconds / ppo_seconds:.2f}" if algo_seconds and ppo_seconds else "-",
+        ]
+        print(f"| {algo} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,26 @@ def test_training_speed_reads_the_logged_fps_and_the_benchmark_timesteps(
     assert training_speed.timesteps_to_threshold("CartPole-v1", runs) == dict(acktr=None, a2c=None)
 
 
+def test_training_speed_table_divides_timesteps_by_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = [dict(env="CartPole-v1", algo=algo, steps_mean=steps) for algo, steps in (("acktr", 900.0), ("ppo", 600.0))]
+    table.append(dict(env="CartPole-v1", algo="a2c", steps_mean=None))
+    (tmp_path / "sample_efficiency.json").write_text(json.dumps(dict(table=table, curves={})))
+    monkeypatch.setattr(training_speed, "RESULTS", tmp_path)
+    speeds = dict(acktr=[300.0, 500.0, 100.0], a2c=[200.0, 200.0, 200.0], ppo=[100.0, 100.0, 100.0])
+    monkeypatch.setattr(training_speed, "timesteps_per_second", lambda env_id, algo, n, params: speeds[algo].pop(0))
+    monkeypatch.setattr(sys, "argv", ["training_speed.py", "--env", "CartPole-v1", "--rounds", "3"])
+    training_speed.main()
+    rows = capsys.readouterr().out.splitlines()[-3:]
+    # ACKTR: median speed 300, 900 timesteps -> 3 s against PPO's 600 / 100 = 6 s.
+    assert rows == [
+        "| acktr | 300 | 1.50 | 900 | 3 | 0.50 |",
+        "| a2c | 200 | 1.00 | not reached | - | - |",
+        "| ppo | 100 | 0.50 | 600 | 6 | 1.00 |",
+    ]
+
+
 @pytest.mark.parametrize("n_samples, n_params", [(12, 30), (30, 12)])
 @pytest.mark.parametrize("damping", [0.0, 0.01])
 def test_kernel_inner_equals_the_dense_fisher_solve(n_samples: int, n_params: int, damping: float) -> None:
