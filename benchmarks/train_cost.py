@@ -181,6 +181,17 @@ def whole_run(algo: str, case_name: str, n_updates: int) -> dict[str, float]:
     return dict(fps=timesteps / seconds, peak_rss_mib=peak_resident_mib())
 
 
+def whole_run_updates(case_name: str, n_updates: int) -> int:
+    """
+    Rollouts per whole run: ``n_updates`` on Atari frames; for an MLP ten times as many and at least 50,000 timesteps
+    (the timesteps per second of runs of a few seconds were unstable).
+    """
+    case = CASES[case_name]
+    if not case_name.startswith("mlp"):
+        return n_updates
+    return max(10 * n_updates, 50_000 // (case["n_envs"] * case["n_steps"]))
+
+
 def peak_resident_mib() -> float:
     """This process's peak resident memory. ``ru_maxrss`` would carry over the parent's peak across fork and exec."""
     with open("/proc/self/status") as status:
@@ -221,7 +232,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for case_name in args.cases:
         per_update = train_ratio(CASES[case_name], n_updates, args.rounds)
-        run_updates = n_updates * (10 if case_name.startswith("mlp") else 1)
+        run_updates = whole_run_updates(case_name, n_updates)
         a2c_run = whole_run_in_subprocess("a2c", case_name, run_updates)
         acktr_run = whole_run_in_subprocess("acktr", case_name, run_updates)
         print(

@@ -98,6 +98,14 @@ def test_train_cost_times_both_algorithms_on_the_same_batch(case: str) -> None:
     assert result["ratio"] == pytest.approx(result["acktr_ms"] / result["a2c_ms"])
 
 
+def test_train_cost_whole_runs_of_mlp_cases_take_at_least_50k_timesteps() -> None:
+    assert train_cost.whole_run_updates("cnn-32x20", 10) == 10
+    for case_name in ("mlp-8x20", "mlp-16x20-acrobot-zoo", "mlp-8x128-lunarlander-zoo"):
+        case = train_cost.CASES[case_name]
+        updates = train_cost.whole_run_updates(case_name, 10)
+        assert updates >= 100 and updates * case["n_envs"] * case["n_steps"] >= 49_900
+
+
 def test_wall_clock_counts_atari_frames_as_timesteps(tmp_path: Path) -> None:
     """Two envs; env 0's Monitor logs episodes of 400 frames, ending at 10 s and 20 s."""
     for env_index in (0, 1):
