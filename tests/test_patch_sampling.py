@@ -2,6 +2,7 @@
 
 import copy
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch as th
@@ -45,6 +46,25 @@ def test_every_patch_drawn_gives_the_whole_factor(conv_kwargs: dict) -> None:
     drawn = block.sampled_patches(inputs, block.n_patches(inputs)).T
     assert drawn.shape == whole.shape
     assert th.allclose(factor(drawn), factor(whole), atol=1e-12)
+
+
+@pytest.mark.parametrize("conv_kwargs", CONVOLUTIONS)
+@pytest.mark.parametrize("in_channels", [1, 3, 8])
+def test_both_gathers_draw_the_same_patches(conv_kwargs: dict, in_channels: int) -> None:
+    """Channels first or channels last (chosen by shape for speed): the same patches, the unfolded input's columns."""
+    th.manual_seed(0)
+    conv = nn.Conv2d(in_channels, 5, **conv_kwargs).to(DTYPE)
+    block = KroneckerBlock("conv", conv)
+    inputs = th.randn(4, in_channels, 17, 15, dtype=DTYPE)
+    pad_h, pad_w = cast(tuple[int, int], conv.padding)
+    padded = th.nn.functional.pad(inputs, (pad_w, pad_w, pad_h, pad_h))
+    patches = block.patches(inputs)  # (B, D, T)
+    width = conv(inputs).shape[3]
+    drawn = th.randperm(block.n_patches(inputs))[:11]
+    positions = drawn // patches.shape[2], drawn % patches.shape[2] // width, drawn % width
+    expected = patches[positions[0], :, drawn % patches.shape[2]]
+    assert th.equal(block._patches_channels_first(padded, positions), expected)
+    assert th.equal(block._patches_channels_last(padded, positions), expected)
 
 
 @pytest.mark.parametrize("conv_kwargs", CONVOLUTIONS[1:3])

@@ -105,13 +105,43 @@ class KroneckerBlock:
         (kernel_h, kernel_w), (stride_h, stride_w) = conv.kernel_size, conv.stride
         if pad_h or pad_w:
             inputs = F.pad(inputs, (pad_w, pad_w, pad_h, pad_h))
+        batch_size, channels, in_height, in_width = inputs.shape
+        height = (in_height - dil_h * (kernel_h - 1) - 1) // stride_h + 1
+        width = (in_width - dil_w * (kernel_w - 1) - 1) // stride_w + 1
+        drawn = th.randperm(batch_size * height * width, device=inputs.device)[:n_patches]
+        positions = drawn // (height * width), drawn // width % height, drawn % width  # example, row, column
+        # A patch is C * kh runs of kw contiguous values in the channels-first input, or kh * kw runs of C values once
+        # the input is channels last: worth its transposition where C >= kw (3-4x faster for AcktrCNN's deeper
+        # convolutions; 2x slower for the first, 4 channels and 8 x 8 kernels).
+        if channels >= kernel_w:
+            return self._patches_channels_last(inputs, positions)
+        return self._patches_channels_first(inputs, positions)
+
+    def _patches_channels_first(self, inputs: th.Tensor, positions: tuple[th.Tensor, th.Tensor, th.Tensor]) -> th.Tensor:
+        """The patches at ``positions`` (example, output row, output column) of the padded input, from its window view."""
+        conv = self.module
+        assert isinstance(conv, nn.Conv2d)
+        (dil_h, dil_w), (kernel_h, kernel_w), (stride_h, stride_w) = conv.dilation, conv.kernel_size, conv.stride
         # A view (B, C, T_h, T_w, kh, kw) of the windows: nothing is copied until the drawn ones are gathered.
         windows = inputs.unfold(2, dil_h * (kernel_h - 1) + 1, stride_h).unfold(3, dil_w * (kernel_w - 1) + 1, stride_w)
         windows = windows[..., ::dil_h, ::dil_w]
-        batch_size, _, height, width = windows.shape[:4]
-        drawn = th.randperm(batch_size * height * width, device=inputs.device)[:n_patches]
-        patches = windows[drawn // (height * width), :, drawn // width % height, drawn % width]  # (n_patches, C, kh, kw)
-        return patches.reshape(n_patches, -1)
+        examples, rows, columns = positions
+        return windows[examples, :, rows, columns].reshape(len(examples), -1)  # (n_patches, C, kh, kw) flattened
+
+    def _patches_channels_last(self, inputs: th.Tensor, positions: tuple[th.Tensor, th.Tensor, th.Tensor]) -> th.Tensor:
+        """The patches at ``positions`` of the padded input, gathered as rows of a channels-last copy of it."""
+        conv = self.module
+        assert isinstance(conv, nn.Conv2d)
+        (dil_h, dil_w), (kernel_h, kernel_w), (stride_h, stride_w) = conv.dilation, conv.kernel_size, conv.stride
+        _, channels, in_height, in_width = inputs.shape
+        pixels = inputs.permute(0, 2, 3, 1).contiguous().view(-1, channels)  # one row per pixel
+        examples, rows, columns = positions
+        corners = (examples * in_height + rows * stride_h) * in_width + columns * stride_w  # each patch's first pixel
+        kernel_rows = th.arange(kernel_h, device=inputs.device) * (dil_h * in_width)
+        kernel_columns = th.arange(kernel_w, device=inputs.device) * dil_w
+        window = (kernel_rows[:, None] + kernel_columns[None, :]).reshape(1, -1)
+        patches = pixels.index_select(0, (corners[:, None] + window).reshape(-1))  # (n_patches * kh * kw, C)
+        return patches.view(len(examples), kernel_h * kernel_w, channels).transpose(1, 2).reshape(len(examples), -1)
 
     def n_patches(self, inputs: th.Tensor) -> int:
         """``B * T``: the number of patches of a convolution's input batch."""
