@@ -98,7 +98,8 @@ def test_every_section_builds_and_runs_updates(section: str, tmp_path: Path) -> 
 
 def test_train_enjoy_continue_and_optimize(tmp_path: Path) -> None:
     env_id = "Acrobot-v1"  # normalized: VecNormalize statistics must be saved and reused
-    zoo("train", "--env", env_id, "-n", 640, "-f", tmp_path, "--seed", 1, "--eval-freq", -1)
+    two_updates = 2 * SECTIONS[env_id]["n_envs"] * SECTIONS[env_id].get("n_steps", 20)
+    zoo("train", "--env", env_id, "-n", two_updates, "-f", tmp_path, "--seed", 1, "--eval-freq", -1)
     run = run_directory(tmp_path, env_id)
     for name in ("args.yml", "config.yml", "vecnormalize.pkl"):
         assert (run / env_id / name).is_file(), name
@@ -106,7 +107,8 @@ def test_train_enjoy_continue_and_optimize(tmp_path: Path) -> None:
 
     zoo("enjoy", "--env", env_id, "-f", tmp_path, "-n", 50, "--no-render")
 
-    zoo("train", "--env", env_id, "-n", 640, "-f", tmp_path, "--seed", 2, "--eval-freq", -1, "-i", run / f"{env_id}.zip")
+    model_file = run / f"{env_id}.zip"
+    zoo("train", "--env", env_id, "-n", two_updates, "-f", tmp_path, "--seed", 2, "--eval-freq", -1, "-i", model_file)
     continued = run_directory(tmp_path, env_id)
     assert continued != run
     model = ACKTR.load(continued / f"{env_id}.zip")
