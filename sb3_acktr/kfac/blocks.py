@@ -101,19 +101,17 @@ class KroneckerBlock:
         """
         conv = self.module
         assert isinstance(conv, nn.Conv2d)
-        (pad_h, pad_w), (dil_h, dil_w) = cast(tuple[int, int], conv.padding), conv.dilation
-        (kernel_h, kernel_w), (stride_h, stride_w) = conv.kernel_size, conv.stride
+        pad_h, pad_w = cast(tuple[int, int], conv.padding)
+        batch_size, channels = inputs.shape[:2]
+        height, width = self._output_size(inputs)
         if pad_h or pad_w:
             inputs = F.pad(inputs, (pad_w, pad_w, pad_h, pad_h))
-        batch_size, channels, in_height, in_width = inputs.shape
-        height = (in_height - dil_h * (kernel_h - 1) - 1) // stride_h + 1
-        width = (in_width - dil_w * (kernel_w - 1) - 1) // stride_w + 1
         drawn = th.randperm(batch_size * height * width, device=inputs.device)[:n_patches]
         positions = drawn // (height * width), drawn // width % height, drawn % width  # example, row, column
         # A patch is C * kh runs of kw contiguous values in the channels-first input, or kh * kw runs of C values once
         # the input is channels last: worth its transposition where C >= kw (3-4x faster for AcktrCNN's deeper
         # convolutions; 2x slower for the first, 4 channels and 8 x 8 kernels).
-        if channels >= kernel_w:
+        if channels >= conv.kernel_size[1]:
             return self._patches_channels_last(inputs, positions)
         return self._patches_channels_first(inputs, positions)
 
@@ -145,15 +143,21 @@ class KroneckerBlock:
 
     def n_patches(self, inputs: th.Tensor) -> int:
         """``B * T``: the number of patches of a convolution's input batch."""
+        height, width = self._output_size(inputs)
+        return inputs.shape[0] * height * width
+
+    def _output_size(self, inputs: th.Tensor) -> tuple[int, int]:
+        """The convolution's output height and width ``(T_h, T_w)`` on ``inputs`` (before padding)."""
         conv = self.module
         assert isinstance(conv, nn.Conv2d)
         padding = cast(tuple[int, int], conv.padding)
-        positions = 1
-        for size, pad, dilation, kernel, stride in zip(
-            inputs.shape[2:], padding, conv.dilation, conv.kernel_size, conv.stride, strict=True
-        ):
-            positions *= (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
-        return inputs.shape[0] * positions
+        height, width = (
+            (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+            for size, pad, dilation, kernel, stride in zip(
+                inputs.shape[2:], padding, conv.dilation, conv.kernel_size, conv.stride, strict=True
+            )
+        )
+        return height, width
 
     def _samples_patches(self, inputs: th.Tensor) -> bool:
         return self.max_patches is not None and self.max_patches < self.n_patches(inputs)
