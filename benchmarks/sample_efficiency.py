@@ -69,21 +69,31 @@ def train(
     shutil.rmtree(directory / "zoo", ignore_errors=True)  # what an interrupted run left: it starts again
     directory.mkdir(parents=True, exist_ok=True)
     n_timesteps = int(budget or task["budget"])
-    command = [
-        sys.executable, "-m", "sb3_acktr.zoo", "train", "--algo", algo, "--env", env_id, "-n", str(n_timesteps),
-        "--seed", str(seed), "-f", str(directory / "zoo"), "--eval-freq", str(int(task["eval_freq"])),
-        "--eval-episodes", str(int(task["eval_episodes"])), "--n-eval-envs", "1", "--verbose", "0",
-    ]  # fmt: skip
-    command += hyperparameters_option(env_id, algo, directory)
-    if params:
-        command += ["-params", *params]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    evaluation = ["--eval-freq", str(int(task["eval_freq"])), "--eval-episodes", str(int(task["eval_episodes"]))]
+    options = [*evaluation, "--n-eval-envs", "1", "--verbose", "0", *hyperparameters_option(env_id, algo, directory)]
+    command = zoo_train_command(env_id, algo, n_timesteps, seed, directory / "zoo", options, params)
     start = time.time()
     with open(directory / "train.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=one_thread_environment(), cwd=ROOT)
     seconds = time.time() - start
     (directory / "done.json").write_text(json.dumps(dict(seconds=seconds, n_timesteps=n_timesteps, command=command)))
     return f"{env_id} {algo} seed {seed}: {seconds:.0f} s"
+
+
+def zoo_train_command(
+    env_id: str, algo: str, n_timesteps: int, seed: int, folder: Path, options: list[str], params: list[str] | None = None
+) -> list[str]:
+    """rl-zoo3's training command through ``sb3_acktr.zoo``, with ``options`` and ``params`` (``KEY:VALUE``, last)."""
+    command = [
+        sys.executable, "-m", "sb3_acktr.zoo", "train", "--algo", algo, "--env", env_id, "-n", str(n_timesteps),
+        "--seed", str(seed), "-f", str(folder), *options,
+    ]  # fmt: skip
+    return [*command, "-params", *params] if params else command
+
+
+def one_thread_environment() -> dict[str, str]:
+    """The environment of a training subprocess: one thread."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 def hyperparameters_option(env_id: str, algo: str, directory: Path) -> list[str]:

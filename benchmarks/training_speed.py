@@ -13,15 +13,23 @@ every algorithm once.
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from sample_efficiency import ALGOS, RESULTS, ROOT, TASKS, hyperparameters_option, load_runs
+from sample_efficiency import (
+    ALGOS,
+    RESULTS,
+    ROOT,
+    TASKS,
+    hyperparameters_option,
+    load_runs,
+    mean_std,
+    one_thread_environment,
+    zoo_train_command,
+)
 
 FPS_LINE = re.compile(r"\|\s*fps\s*\|\s*(\d+)")
 
@@ -29,15 +37,11 @@ FPS_LINE = re.compile(r"\|\s*fps\s*\|\s*(\d+)")
 def timesteps_per_second(env_id: str, algo: str, n_timesteps: int, params: list[str] | None = None) -> float:
     """One zoo run of ``n_timesteps`` (seed 0, no evaluation) in a one-thread subprocess; its last logged fps."""
     with tempfile.TemporaryDirectory() as folder:
-        command = [
-            sys.executable, "-m", "sb3_acktr.zoo", "train", "--algo", algo, "--env", env_id, "-n", str(n_timesteps),
-            "--seed", "0", "-f", folder, "--eval-freq", "-1", "--log-interval", "1", "--verbose", "1",
-        ]  # fmt: skip
-        command += hyperparameters_option(env_id, algo, Path(folder))
-        if params and algo == "acktr":
-            command += ["-params", *params]
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        output = subprocess.run(command, check=True, capture_output=True, text=True, env=env, cwd=ROOT).stdout
+        logged_without_evaluation = ["--eval-freq", "-1", "--log-interval", "1", "--verbose", "1"]
+        options = [*logged_without_evaluation, *hyperparameters_option(env_id, algo, Path(folder))]
+        command = zoo_train_command(env_id, algo, n_timesteps, 0, Path(folder), options, params if algo == "acktr" else None)
+        environment = one_thread_environment()
+        output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment, cwd=ROOT).stdout
     speeds = FPS_LINE.findall(output)
     if not speeds:
         raise RuntimeError(f"{algo} on {env_id} logged no fps: {output[-2000:]}")
@@ -53,8 +57,7 @@ def timesteps_to_threshold(env_id: str, acktr_runs: Path | None = None) -> dict[
     steps = {row["algo"]: row["steps_mean"] for row in table if row["env"] == env_id}
     if acktr_runs is not None:
         reached = [run["steps_to_threshold"] for run in load_runs(env_id, "acktr", acktr_runs)]
-        reached = [value for value in reached if value is not None]
-        steps["acktr"] = statistics.mean(reached) if reached else None
+        steps["acktr"] = mean_std([value for value in reached if value is not None])[0]
     return steps
 
 
