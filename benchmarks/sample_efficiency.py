@@ -8,8 +8,10 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
         --params stats_batch_size:160 --runs benchmarks/results/runs/_variants/stats_batch_size_160   # other settings
 
 ``run`` trains every (algorithm, seed) with ``python -m sb3_acktr.zoo train`` in a subprocess, in parallel
-(``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S`` (a run cut short starts again). The
-zoo's EvalCallback writes ``evaluations.npz`` (evaluation return against timesteps; deterministic, except on Atari
+(``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S``. Runs of 1M timesteps or more save a
+checkpoint every 100k, and a run cut short resumes from its last one (``--resume`` of ``sb3_acktr.zoo``: a new zoo
+folder, read after the first one's data up to the checkpoint; an ACKTR checkpoint resumes at the start of its
+rollout, which is collected again); a shorter run starts again. The zoo's EvalCallback writes ``evaluations.npz`` (evaluation return against timesteps; deterministic, except on Atari
 where rl-zoo3 samples the actions) and the Monitor files give wall-clock time (the vectorised environments step in
 lockstep, so env 0's step count times n_envs is the run's timestep count).
 ``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each
@@ -29,8 +31,11 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,6 +57,8 @@ TASKS: dict[str, dict[str, float]] = {
     "Walker2d-v5": dict(threshold=1217, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
 }
 ALGOS = ("acktr", "a2c", "ppo")
+# Runs of at least this many timesteps save a checkpoint every CHECKPOINT_FREQ timesteps, from which a cut run resumes.
+CHECKPOINT_FREQ = 100_000
 
 
 def run_directory(env_id: str, algo: str, seed: int, runs: Path | None = None) -> Path:
@@ -61,23 +68,77 @@ def run_directory(env_id: str, algo: str, seed: int, runs: Path | None = None) -
 def train(
     env_id: str, algo: str, seed: int, budget: int | None, params: list[str] | None = None, runs: Path | None = None
 ) -> str:
-    """One zoo run; ``params`` (``KEY:VALUE``, rl-zoo3's ``-params``) override the section's hyperparameters."""
+    """
+    One zoo run; ``params`` (``KEY:VALUE``, rl-zoo3's ``-params``) override the section's hyperparameters. A run cut
+    short resumes from its last checkpoint (``--resume``), or starts again if it saved none.
+    """
     task = TASKS[env_id]
     directory = run_directory(env_id, algo, seed, runs)
     if (directory / "done.json").is_file():
         return f"{env_id} {algo} seed {seed}: already done"
-    shutil.rmtree(directory / "zoo", ignore_errors=True)  # what an interrupted run left: it starts again
     directory.mkdir(parents=True, exist_ok=True)
     n_timesteps = int(budget or task["budget"])
     evaluation = ["--eval-freq", str(int(task["eval_freq"])), "--eval-episodes", str(int(task["eval_episodes"]))]
     options = [*evaluation, "--n-eval-envs", "1", "--verbose", "0", *hyperparameters_option(env_id, algo, directory)]
+    if n_timesteps >= 10 * CHECKPOINT_FREQ:
+        options += ["--save-freq", str(CHECKPOINT_FREQ)]
+    if (checkpoint := prepare_resumption(directory, algo, env_id, n_timesteps)) is not None:
+        options += ["-i", str(checkpoint), "--resume"]
     command = zoo_train_command(env_id, algo, n_timesteps, seed, directory / "zoo", options, params)
     start = time.time()
-    with open(directory / "train.log", "w") as log:
+    with open(directory / "train.log", "a" if checkpoint else "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=one_thread_environment(), cwd=ROOT)
-    seconds = time.time() - start
+    seconds = sum(segment.seconds for segment in run_segments(directory, algo, env_id)[:-1]) + time.time() - start
     (directory / "done.json").write_text(json.dumps(dict(seconds=seconds, n_timesteps=n_timesteps, command=command)))
     return f"{env_id} {algo} seed {seed}: {seconds:.0f} s"
+
+
+class Segment(NamedTuple):
+    """
+    One zoo run folder of a (possibly resumed) run: its data counts from ``start`` timesteps, and up to ``end``
+    timesteps and ``seconds`` of its own clock when a later folder resumed from its checkpoint (``end`` None: the last).
+    """
+
+    folder: Path
+    start: int = 0
+    end: int | None = None
+    seconds: float = 0.0
+
+
+def checkpoint_timesteps(checkpoint: Path) -> int:
+    """The timestep count a saved model resumes from (ACKTR's: the start of the rollout in progress)."""
+    with zipfile.ZipFile(checkpoint) as archive:
+        return int(json.loads(archive.read("data"))["num_timesteps"])
+
+
+def monitor_start(folder: Path) -> float:
+    """Wall-clock time at which the zoo run in ``folder`` started (env 0's Monitor header)."""
+    header = next(path for path in sorted(folder.glob("*.monitor.csv")) if path.name.split(".")[0] in ("0", "monitor"))
+    return float(json.loads(header.read_text().split("\n", 1)[0].lstrip("#"))["t_start"])
+
+
+def prepare_resumption(directory: Path, algo: str, env_id: str, n_timesteps: int) -> Path | None:
+    """
+    The checkpoint to resume a cut run from: the latest one short of the budget, in whichever zoo folder of the run
+    saved it; the folders written after it are removed and ``resumed.json`` records where each folder took over (the
+    checkpoint's timesteps and its folder's seconds then). None, with the run's folders removed: start again.
+    """
+    folders = zoo_run_folders(directory, algo, env_id)
+    resumed = json.loads((directory / "resumed.json").read_text()) if (directory / "resumed.json").is_file() else []
+    for index in reversed(range(len(folders))):
+        saved = [(checkpoint_timesteps(path), path) for path in folders[index].glob("rl_model_*_steps.zip")]
+        usable = sorted(checkpoint for checkpoint in saved if checkpoint[0] < n_timesteps)
+        if usable:
+            timesteps, checkpoint = usable[-1]
+            for later in folders[index + 1 :]:
+                shutil.rmtree(later)
+            seconds = checkpoint.stat().st_mtime - monitor_start(folders[index])
+            resumed = [*resumed[:index], dict(timesteps=timesteps, seconds=seconds)]
+            (directory / "resumed.json").write_text(json.dumps(resumed))
+            return checkpoint
+    shutil.rmtree(directory / "zoo", ignore_errors=True)
+    (directory / "resumed.json").unlink(missing_ok=True)
+    return None
 
 
 def zoo_train_command(
@@ -115,11 +176,29 @@ def hyperparameters_option(env_id: str, algo: str, directory: Path) -> list[str]
     return ["-conf", str(conf)]
 
 
-def zoo_run_folder(directory: Path, algo: str, env_id: str) -> Path:
-    folders = sorted((directory / "zoo" / algo).glob(f"{env_id}_*"))
+def zoo_run_folders(directory: Path, algo: str, env_id: str) -> list[Path]:
+    """The zoo's run folders in ``directory`` in the order they were written (more than one: a resumed run)."""
+    folders = (directory / "zoo" / algo).glob(f"{env_id}_*")
+    return sorted(folders, key=lambda folder: int(folder.name.rsplit("_", 1)[1]))
+
+
+def run_segments(directory: Path, algo: str, env_id: str) -> list[Segment]:
+    """The zoo run folders of one run, each with the part of its data that counts (see ``Segment``)."""
+    folders = zoo_run_folders(directory, algo, env_id)
     if not folders:
         raise FileNotFoundError(f"no zoo run in {directory}")
-    return folders[-1]
+    resumed = json.loads((directory / "resumed.json").read_text()) if (directory / "resumed.json").is_file() else []
+    starts = [0, *(cut["timesteps"] for cut in resumed)]
+    ends = [*resumed, None]
+    return [
+        Segment(folder, start, end and end["timesteps"], end["seconds"] if end else 0.0)
+        for folder, start, end in zip(folders, starts, ends, strict=True)
+    ]
+
+
+def as_segments(run: Path | Sequence[Segment]) -> Sequence[Segment]:
+    """A zoo run folder as the one segment of its run."""
+    return [Segment(run)] if isinstance(run, Path) else run
 
 
 def task_frame_skip(env_id: str) -> int:
@@ -127,43 +206,77 @@ def task_frame_skip(env_id: str) -> int:
     return int(TASKS[env_id].get("frame_skip", 1))
 
 
-def _env0_clock(folder: Path, frame_skip: int) -> tuple[np.ndarray, np.ndarray]:
+def _segment_offsets(run: Path | Sequence[Segment]) -> list[tuple[Segment, float]]:
+    """Each segment of a run with the seconds its clock starts at (the time the segments before it counted)."""
+    segments = as_segments(run)
+    offsets = np.cumsum([0.0, *(segment.seconds for segment in segments[:-1])])
+    return list(zip(segments, offsets.tolist(), strict=True))
+
+
+def _env0_clock(run: Path | Sequence[Segment], frame_skip: int) -> tuple[np.ndarray, np.ndarray]:
     """
     Timesteps taken and seconds elapsed at each episode end of env 0 (whose Monitor episode lengths count
     ``frame_skip`` emulator frames per timestep on Atari; the no-op and fire frames of a reset are counted too, a few
-    dozen per game).
+    dozen per game), over the run's segments.
     """
-    monitor_files = sorted(folder.glob("*.monitor.csv"))
-    first = next(path for path in monitor_files if path.name.split(".")[0] in ("0", "monitor"))
-    rows = np.genfromtxt(first, delimiter=",", skip_header=2, ndmin=2)  # columns: r, l, t
-    n_envs = max(len(monitor_files), 1)
-    return np.cumsum(rows[:, 1]) * n_envs / frame_skip, rows[:, 2]
+    steps, seconds = [], []
+    for segment, offset in _segment_offsets(run):
+        monitor_files = sorted(segment.folder.glob("*.monitor.csv"))
+        first = next(path for path in monitor_files if path.name.split(".")[0] in ("0", "monitor"))
+        rows = np.genfromtxt(first, delimiter=",", skip_header=2, ndmin=2)  # columns: r, l, t
+        segment_steps = segment.start + np.cumsum(rows[:, 1]) * max(len(monitor_files), 1) / frame_skip
+        kept = segment_steps <= segment.end if segment.end is not None else np.ones(len(rows), dtype=bool)
+        steps.append(segment_steps[kept])
+        seconds.append(rows[kept, 2] + offset)
+    return np.concatenate(steps), np.concatenate(seconds)
 
 
-def wall_clock_at(folder: Path, timesteps: np.ndarray, frame_skip: int = 1) -> np.ndarray:
+def wall_clock_at(run: Path | Sequence[Segment], timesteps: np.ndarray, frame_skip: int = 1) -> np.ndarray:
     """Seconds since the start of training at which the run had taken ``timesteps`` steps (from env 0's Monitor)."""
-    steps, seconds = _env0_clock(folder, frame_skip)
+    steps, seconds = _env0_clock(run, frame_skip)
     return np.interp(timesteps, steps, seconds)
 
 
-def training_episodes(folder: Path) -> np.ndarray:
+def training_episodes(run: Path | Sequence[Segment]) -> np.ndarray:
     """Rows ``(return, length, seconds)`` of the finished training episodes of all environments, in order of ending."""
-    rows = [np.genfromtxt(path, delimiter=",", skip_header=2, ndmin=2) for path in folder.glob("*.monitor.csv")]
-    finished = np.concatenate([env_rows for env_rows in rows if env_rows.size] or [np.empty((0, 3))])
+    rows = []
+    for segment, offset in _segment_offsets(run):
+        for path in segment.folder.glob("*.monitor.csv"):
+            env_rows = np.genfromtxt(path, delimiter=",", skip_header=2, ndmin=2)
+            if env_rows.size and segment.end is not None:
+                env_rows = env_rows[env_rows[:, 2] <= segment.seconds]
+            if env_rows.size:
+                rows.append(env_rows + np.array([0.0, 0.0, offset]))
+    finished = np.concatenate(rows or [np.empty((0, 3))])
     return finished[np.argsort(finished[:, 2], kind="stable")]
 
 
-def final_training_return(folder: Path, episodes: int = 100) -> float:
+def evaluations(run: Path | Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+    """Timesteps and mean return of the run's evaluations (``evaluations.npz`` of the zoo's EvalCallback)."""
+    timesteps, returns = [], []
+    for segment in as_segments(run):
+        if not (segment.folder / "evaluations.npz").is_file():
+            continue  # a segment cut before its first evaluation
+        saved = np.load(segment.folder / "evaluations.npz")
+        kept = saved["timesteps"] <= segment.end if segment.end is not None else np.ones(len(saved["timesteps"]), bool)
+        timesteps.append(saved["timesteps"][kept])
+        returns.append(saved["results"][kept].mean(axis=1))
+    return np.concatenate(timesteps), np.concatenate(returns)
+
+
+def final_training_return(run: Path | Sequence[Segment], episodes: int = 100) -> float:
     """Mean return of the last ``episodes`` training episodes over all environments (Monitor files, full games)."""
-    return float(training_episodes(folder)[-episodes:, 0].mean())
+    return float(training_episodes(run)[-episodes:, 0].mean())
 
 
-def timesteps_to_training_return(folder: Path, level: float, frame_skip: int = 1, episodes: int = 100) -> int | None:
+def timesteps_to_training_return(
+    run: Path | Sequence[Segment], level: float, frame_skip: int = 1, episodes: int = 100
+) -> int | None:
     """
     First timestep at which the mean return of the last ``episodes`` training episodes was at least ``level`` (the
     episode's end time converted through env 0's clock, which stops at env 0's last finished episode).
     """
-    finished = training_episodes(folder)
+    finished = training_episodes(run)
     if len(finished) < episodes:
         return None
     running_means = np.convolve(finished[:, 0], np.ones(episodes) / episodes, mode="valid")
@@ -171,7 +284,7 @@ def timesteps_to_training_return(folder: Path, level: float, frame_skip: int = 1
     if not reached.size:
         return None
     seconds = finished[reached[0] + episodes - 1, 2]
-    steps, clock = _env0_clock(folder, frame_skip)
+    steps, clock = _env0_clock(run, frame_skip)
     return int(np.interp(seconds, clock, steps))
 
 
@@ -179,12 +292,11 @@ def load_run(env_id: str, algo: str, seed: int, runs: Path | None = None) -> dic
     directory = run_directory(env_id, algo, seed, runs)
     if not (directory / "done.json").is_file():
         return None
-    folder = zoo_run_folder(directory, algo, env_id)
-    evaluations = np.load(folder / "evaluations.npz")
-    timesteps, returns = evaluations["timesteps"], evaluations["results"].mean(axis=1)
+    segments = run_segments(directory, algo, env_id)
+    timesteps, returns = evaluations(segments)
     threshold = TASKS[env_id]["threshold"]
     reached = np.flatnonzero(returns >= threshold)
-    seconds = wall_clock_at(folder, timesteps, task_frame_skip(env_id))
+    seconds = wall_clock_at(segments, timesteps, task_frame_skip(env_id))
     done = json.loads((directory / "done.json").read_text())
     return dict(
         seed=seed,
@@ -193,7 +305,7 @@ def load_run(env_id: str, algo: str, seed: int, runs: Path | None = None) -> dic
         steps_to_threshold=int(timesteps[reached[0]]) if reached.size else None,
         seconds_to_threshold=float(seconds[reached[0]]) if reached.size else None,
         final_return=float(returns[-1]),
-        final_training_return=final_training_return(folder),
+        final_training_return=final_training_return(segments),
         mean_return=float(returns.mean()),
         total_seconds=done["seconds"],
         fps=done["n_timesteps"] / done["seconds"],
@@ -215,8 +327,8 @@ def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None,
     to_a2c_level: list[float] = []
     if a2c_level is not None:
         for run in runs:
-            zoo_folder = zoo_run_folder(run_directory(env_id, algo, run["seed"], folder), algo, env_id)
-            if (crossing := timesteps_to_training_return(zoo_folder, a2c_level, task_frame_skip(env_id))) is not None:
+            segments = run_segments(run_directory(env_id, algo, run["seed"], folder), algo, env_id)
+            if (crossing := timesteps_to_training_return(segments, a2c_level, task_frame_skip(env_id))) is not None:
                 to_a2c_level.append(crossing)
     return dict(
         env=env_id,

@@ -5,9 +5,16 @@ rl-zoo3 integration: ACKTR as a zoo algorithm, with this package's hyperparamete
     python -m sb3_acktr.zoo train --env CartPole-v1 -optimize -n 50000 --n-trials 20
     python -m sb3_acktr.zoo enjoy --env CartPole-v1 -f logs/
     python -m sb3_acktr.zoo record_video --env CartPole-v1 -f logs/ -n 1000
+    python -m sb3_acktr.zoo train --env CartPole-v1 -n 100000 -i logs/acktr/CartPole-v1_1/rl_model_50000_steps.zip --resume
 
 Every rl-zoo3 option is passed through. ``--algo`` defaults to ``acktr``, and ``train`` of ACKTR reads
 ``sb3_acktr/hyperparams/acktr.yml`` unless ``-conf``/``--conf-file`` is given (other algorithms use the zoo's files).
+Checkpoints (``--save-freq``) save the VecNormalize statistics with the model.
+
+``--resume`` (ours, any algorithm) continues the run that saved the model given with ``-i``, where rl-zoo3's ``-i`` alone
+starts a new one: the model keeps its timestep count, so ``-n`` is the run's whole budget (it trains the timesteps that
+are left) and learning-rate, clip-range and trust-region schedules go on from where the checkpoint was; the
+VecNormalize statistics saved with a checkpoint are loaded. The continued run writes a new log folder, as with ``-i``.
 
 Launched by torchrun with several processes, ``train`` trains ACKTR data-parallel: rank 0 writes the usual log folder,
 evaluates and saves; the other ranks write to a temporary folder and neither evaluate nor print::
@@ -16,13 +23,16 @@ evaluates and saves; the other ranks write to a temporary folder and neither eva
 """
 
 import atexit
+import contextlib
 import os
+import re
 import runpy
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,6 +42,7 @@ from sb3_acktr.acktr import ACKTR
 from sb3_acktr.common.torch_layers import AcktrCNN
 
 COMMANDS = ("train", "enjoy", "record_video")
+RESUME = "--resume"
 # Hyperparameters that a file may give as ``lin_<initial value>`` besides the zoo's own (learning_rate, clip_range, ...).
 TRUST_REGION_BOUNDS = ("kl_clip", "vf_kl_clip")
 
@@ -136,6 +147,91 @@ def register() -> None:
     manager = exp_manager.ExperimentManager
     if not hasattr(manager._preprocess_schedules, "zoo_preprocess"):
         manager._preprocess_schedules = _with_trust_region_schedules(manager._preprocess_schedules)  # type: ignore[method-assign]
+    if not hasattr(manager.create_callbacks, "zoo_create_callbacks"):
+        manager.create_callbacks = _with_checkpoint_normalization(manager.create_callbacks)  # type: ignore[method-assign]
+
+
+def _with_checkpoint_normalization(create_callbacks: Callable[[Any], None]) -> Callable[[Any], None]:
+    """The zoo's callbacks, with checkpoints that save the VecNormalize statistics too (a run resumes from them)."""
+    from stable_baselines3.common.callbacks import CheckpointCallback
+
+    def create_callbacks_saving_normalization(manager: Any) -> None:
+        create_callbacks(manager)
+        for callback in manager.callbacks:
+            if isinstance(callback, CheckpointCallback):
+                callback.save_vecnormalize = True
+
+    create_callbacks_saving_normalization.zoo_create_callbacks = create_callbacks  # type: ignore[attr-defined]
+    return create_callbacks_saving_normalization
+
+
+def checkpoint_normalization(model_file: str) -> Path | None:
+    """The VecNormalize statistics that a ``CheckpointCallback`` saved with a checkpoint, if it did."""
+    match = re.fullmatch(r"(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip", Path(model_file).name)
+    if match is None:
+        return None
+    statistics = Path(model_file).with_name(f"{match['prefix']}_vecnormalize_{match['steps']}_steps.pkl")
+    return statistics if statistics.is_file() else None
+
+
+class _ContinuingModel:
+    """A model whose ``learn`` goes on counting its timesteps (``reset_num_timesteps=False``); the rest is the model's."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def learn(self, total_timesteps: int, **kwargs: Any) -> Any:
+        return self._model.learn(total_timesteps, reset_num_timesteps=False, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+@contextlib.contextmanager
+def resuming_the_run() -> Iterator[None]:
+    """
+    While active, the zoo's training (with ``-i``) continues the loaded model's run: it keeps its timestep count and
+    trains what is left of ``-n``, with the VecNormalize statistics saved with the checkpoint.
+    """
+    from rl_zoo3 import exp_manager
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    manager = exp_manager.ExperimentManager
+    learn, maybe_normalize = manager.learn, manager._maybe_normalize
+
+    def learn_what_is_left(self: Any, model: Any) -> None:
+        if model.num_timesteps >= self.n_timesteps:
+            raise ValueError(
+                f"The model has trained {model.num_timesteps} timesteps already: with {RESUME}, -n is the run's whole "
+                f"budget ({self.n_timesteps} given)"
+            )
+        self.n_timesteps -= model.num_timesteps
+        learn(self, _ContinuingModel(model))
+
+    def normalize_from_the_checkpoint(self: Any, env: Any, eval_env: bool) -> Any:
+        statistics = checkpoint_normalization(self.trained_agent)
+        if statistics is None:
+            return maybe_normalize(self, env, eval_env)
+        env = VecNormalize.load(str(statistics), env)
+        if eval_env:
+            env.training = False
+            env.norm_reward = False
+        return env
+
+    manager.learn, manager._maybe_normalize = learn_what_is_left, normalize_from_the_checkpoint  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        manager.learn, manager._maybe_normalize = learn, maybe_normalize  # type: ignore[method-assign]
+
+
+def resume_option(command: str, arguments: list[str]) -> tuple[list[str], bool]:
+    """The zoo's arguments without ``--resume``, and whether it was given (with a model to resume, ``-i``)."""
+    if RESUME not in arguments:
+        return arguments, False
+    if command != "train" or not {"-i", "--trained-agent"} & set(arguments):
+        raise SystemExit(f"{RESUME} continues the run of the model given with -i/--trained-agent to train")
+    return [argument for argument in arguments if argument != RESUME], True
 
 
 def zoo_arguments(command: str, arguments: list[str]) -> list[str]:
@@ -171,13 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in COMMANDS:
         raise SystemExit(f"usage: python -m sb3_acktr.zoo {{{','.join(COMMANDS)}}} [rl-zoo3 options]\n{__doc__}")
     command = argv[0]
-    arguments = rank_arguments(command, zoo_arguments(command, argv[1:]))
+    arguments, resume = resume_option(command, argv[1:])
+    arguments = rank_arguments(command, zoo_arguments(command, arguments))
     register()
     sys.argv = [f"rl_zoo3.{command}", *arguments]
     if command == "train":
         from rl_zoo3.train import train
 
-        train()
+        with resuming_the_run() if resume else contextlib.nullcontext():
+            train()
     elif command == "enjoy":
         from rl_zoo3.enjoy import enjoy
 

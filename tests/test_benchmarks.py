@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,55 @@ def test_wall_clock_counts_atari_frames_as_timesteps(tmp_path: Path) -> None:
     # 2 envs x 400 frames = 800 timesteps per episode end, or 200 with 4 frames per timestep.
     assert sample_efficiency.wall_clock_at(tmp_path, np.array([800, 1200, 1600])).tolist() == [10.0, 15.0, 20.0]
     assert sample_efficiency.wall_clock_at(tmp_path, np.array([200, 300, 400]), frame_skip=4).tolist() == [10.0, 15.0, 20.0]
+
+
+def fake_zoo_folder(folder: Path, t_start: float, env0_rows: str, checkpoints: dict[int, float] | None = None) -> None:
+    """A zoo run folder with one env: its Monitor rows ``r,l,t`` and checkpoints (timesteps -> seconds of its clock)."""
+    folder.mkdir(parents=True)
+    (folder / "0.monitor.csv").write_text(f'#{{"t_start": {t_start}}}\nr,l,t\n{env0_rows}')
+    for timesteps, seconds in (checkpoints or {}).items():
+        checkpoint = folder / f"rl_model_{timesteps + 5}_steps.zip"  # an ACKTR checkpoint resumes a little earlier
+        with zipfile.ZipFile(checkpoint, "w") as archive:
+            archive.writestr("data", json.dumps(dict(num_timesteps=timesteps)))
+        os.utime(checkpoint, (t_start + seconds, t_start + seconds))
+
+
+def test_a_cut_run_resumes_from_its_last_checkpoint_and_reads_as_one(tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo" / "ppo"
+    # The first folder saved checkpoints at 100 and 200 timesteps (after 10 and 20 s) and was cut at 250.
+    fake_zoo_folder(zoo / "CartPole-v1_1", 1000.0, "1.0,50,5.0\n2.0,100,15.0\n3.0,100,25.0\n", {100: 10.0, 200: 20.0})
+    np.savez(zoo / "CartPole-v1_1" / "evaluations.npz", timesteps=np.array([100, 200]), results=np.array([[1.0], [2.0]]))
+    # A second folder had resumed from 200 and was cut before its first checkpoint: it goes, and so does its record.
+    fake_zoo_folder(zoo / "CartPole-v1_2", 2000.0, "9.0,10,1.0\n")
+    (tmp_path / "resumed.json").write_text(json.dumps([dict(timesteps=200, seconds=20.0)]))
+    checkpoint = sample_efficiency.prepare_resumption(tmp_path, "ppo", "CartPole-v1", 300)
+    assert checkpoint == zoo / "CartPole-v1_1" / "rl_model_205_steps.zip"
+    assert not (zoo / "CartPole-v1_2").exists()
+    assert json.loads((tmp_path / "resumed.json").read_text()) == [dict(timesteps=200, seconds=20.0)]
+    # A checkpoint at the budget or beyond cannot be resumed: the one before it is.
+    assert sample_efficiency.prepare_resumption(tmp_path, "ppo", "CartPole-v1", 200).name == "rl_model_105_steps.zip"
+    assert json.loads((tmp_path / "resumed.json").read_text()) == [dict(timesteps=100, seconds=10.0)]
+
+    sample_efficiency.prepare_resumption(tmp_path, "ppo", "CartPole-v1", 300)
+    # The resumed folder: its clock and Monitor restart at 0, its evaluations count the model's timesteps.
+    fake_zoo_folder(zoo / "CartPole-v1_10", 5000.0, "4.0,100,8.0\n5.0,100,16.0\n")
+    np.savez(zoo / "CartPole-v1_10" / "evaluations.npz", timesteps=np.array([300, 400]), results=np.array([[4.0], [5.0]]))
+    segments = sample_efficiency.run_segments(tmp_path, "ppo", "CartPole-v1")
+    assert [segment.folder.name for segment in segments] == ["CartPole-v1_1", "CartPole-v1_10"]
+    timesteps, returns = sample_efficiency.evaluations(segments)
+    assert timesteps.tolist() == [100, 200, 300, 400] and returns.tolist() == [1.0, 2.0, 4.0, 5.0]
+    # The episode that ended at 25 s, after the checkpoint of 20 s, is not part of the run.
+    assert sample_efficiency.training_episodes(segments).tolist() == [
+        [1.0, 50.0, 5.0], [2.0, 100.0, 15.0], [4.0, 100.0, 28.0], [5.0, 100.0, 36.0]
+    ]  # fmt: skip
+    assert sample_efficiency.wall_clock_at(segments, np.array([150, 300, 400])).tolist() == [15.0, 28.0, 36.0]
+    assert sample_efficiency.timesteps_to_training_return(segments, 4.5, episodes=2) == 400
+
+    # Nothing to resume from: the run starts again.
+    for checkpoint in zoo.glob("*/rl_model_*"):
+        checkpoint.unlink()
+    assert sample_efficiency.prepare_resumption(tmp_path, "ppo", "CartPole-v1", 300) is None
+    assert not (tmp_path / "zoo").exists() and not (tmp_path / "resumed.json").exists()
 
 
 def test_training_speed_reads_the_logged_fps_and_the_benchmark_timesteps(

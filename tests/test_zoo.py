@@ -1,12 +1,14 @@
 """rl-zoo3 integration: every hyperparameter section trains, and the zoo's train/enjoy/continue/optimize work."""
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_acktr import ACKTR, AcktrCNN
 from sb3_acktr.zoo import default_hyperparameters_file, hyperparameter_sections, main, sample_acktr_params, zoo_arguments
@@ -120,6 +122,40 @@ def test_train_enjoy_continue_and_optimize(tmp_path: Path) -> None:
     )  # fmt: skip
     reports = list((tmp_path / "opt" / "acktr").glob("report_CartPole-v1_2-trials-320-random-none_*.csv"))
     assert reports
+
+
+def normalization(path: Path) -> VecNormalize:
+    """VecNormalize statistics as saved (without an environment)."""
+    with open(path, "rb") as file:
+        return pickle.load(file)
+
+
+def test_resume_continues_the_checkpoints_run(tmp_path: Path) -> None:
+    env_id = "Acrobot-v1"  # normalized: the checkpoint's VecNormalize statistics must be the ones resumed
+    rollout = SECTIONS[env_id]["n_envs"] * SECTIONS[env_id]["n_steps"]
+    zoo("train", "--env", env_id, "-n", 3 * rollout, "-f", tmp_path, "--seed", 0, "--eval-freq", -1, "--save-freq", rollout)
+    first = run_directory(tmp_path, env_id)
+    # Saved on the last step of the second rollout, before its update: it resumes by collecting that rollout again.
+    checkpoint = first / f"rl_model_{2 * rollout}_steps.zip"
+    saved_statistics = normalization(first / f"rl_model_vecnormalize_{2 * rollout}_steps.pkl")
+    assert ACKTR.load(checkpoint).num_timesteps == rollout
+
+    with pytest.raises(ValueError, match="-n is the run's whole budget"):
+        zoo("train", "--env", env_id, "-n", rollout, "-f", tmp_path, "--eval-freq", -1, "-i", checkpoint, "--resume")
+    with pytest.raises(SystemExit, match="-i/--trained-agent"):
+        zoo("train", "--env", env_id, "-n", 3 * rollout, "-f", tmp_path, "--resume")
+
+    resume = ("-i", checkpoint, "--resume")
+    zoo("train", "--env", env_id, "-n", 3 * rollout, "-f", tmp_path, "--seed", 1, "--eval-freq", -1, *resume)
+    resumed = run_directory(tmp_path, env_id)
+    model = ACKTR.load(resumed / f"{env_id}.zip")
+    # The run's budget, its timestep count and its schedules' progress go on from the checkpoint's.
+    assert model.num_timesteps == model._total_timesteps == 3 * rollout
+    assert model.kfac.n_steps == 3
+    statistics = normalization(resumed / env_id / "vecnormalize.pkl")
+    # The checkpoint's observation count, then the resumed run's: a reset and two rollouts of 16 envs.
+    n_envs = SECTIONS[env_id]["n_envs"]
+    assert statistics.obs_rms.count == pytest.approx(saved_statistics.obs_rms.count + n_envs + 2 * rollout, abs=1e-3)
 
 
 def test_trust_region_schedules_from_the_command_line(tmp_path: Path) -> None:
