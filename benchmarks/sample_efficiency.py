@@ -11,9 +11,10 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
 (``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S``. Runs of 1M timesteps or more save a
 checkpoint every 100k, and a run cut short resumes from its last one (``--resume`` of ``sb3_acktr.zoo``: a new zoo
 folder, read after the first one's data up to the checkpoint; an ACKTR checkpoint resumes at the start of its
-rollout, which is collected again); a shorter run starts again. The zoo's EvalCallback writes ``evaluations.npz`` (evaluation return against timesteps; deterministic, except on Atari
-where rl-zoo3 samples the actions) and the Monitor files give wall-clock time (the vectorised environments step in
-lockstep, so env 0's step count times n_envs is the run's timestep count).
+rollout, which is collected again); a shorter run starts again. The zoo's EvalCallback writes ``evaluations.npz``
+(evaluation return against timesteps; deterministic, except on Atari where rl-zoo3 samples the actions) and the
+Monitor files give wall-clock time (the vectorised environments step in lockstep, so env 0's step count times n_envs
+is the run's timestep count).
 ``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each
 task, timesteps and seconds until the evaluation return first reaches the threshold (mean and standard deviation over
 the seeds that reached it, and how many did), the mean evaluation return over the whole run (area under the curve:

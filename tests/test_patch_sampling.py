@@ -51,7 +51,10 @@ def test_every_patch_drawn_gives_the_whole_factor(conv_kwargs: dict) -> None:
 @pytest.mark.parametrize("conv_kwargs", CONVOLUTIONS)
 @pytest.mark.parametrize("in_channels", [1, 3, 8])
 def test_both_gathers_draw_the_same_patches(conv_kwargs: dict, in_channels: int) -> None:
-    """Channels first or channels last (chosen by shape for speed): the same patches, the unfolded input's columns."""
+    """
+    Gathered channels first or channels last (chosen by shape and layout for speed), from an input in either layout:
+    the same patches, the unfolded input's columns.
+    """
     th.manual_seed(0)
     conv = nn.Conv2d(in_channels, 5, **conv_kwargs).to(DTYPE)
     block = KroneckerBlock("conv", conv)
@@ -63,8 +66,14 @@ def test_both_gathers_draw_the_same_patches(conv_kwargs: dict, in_channels: int)
     drawn = th.randperm(block.n_patches(inputs))[:11]
     positions = drawn // patches.shape[2], drawn % patches.shape[2] // width, drawn % width
     expected = patches[positions[0], :, drawn % patches.shape[2]]
-    assert th.equal(block._patches_channels_first(padded, positions), expected)
-    assert th.equal(block._patches_channels_last(padded, positions), expected)
+    channels_last = padded.contiguous(memory_format=th.channels_last)  # as AcktrCNN feeds its convolutions
+    for gathered in (padded, channels_last):
+        assert th.equal(block._patches_channels_first(gathered, positions), expected)
+        assert th.equal(block._patches_channels_last(gathered, positions), expected)
+    th.manual_seed(1)
+    drawn_from_channels_first = block.sampled_patches(inputs, 11)
+    th.manual_seed(1)
+    assert th.equal(block.sampled_patches(inputs.contiguous(memory_format=th.channels_last), 11), drawn_from_channels_first)
 
 
 @pytest.mark.parametrize("conv_kwargs", CONVOLUTIONS[1:3])
@@ -136,3 +145,20 @@ def test_invalid_patches_per_feature_is_named(value) -> None:
         ACKTR("MlpPolicy", "CartPole-v1", patches_per_feature=value)
     with pytest.raises(ValueError, match="patches_per_feature"):
         KFAC(nn.Linear(2, 2), patches_per_feature=value)
+
+
+@pytest.mark.parametrize("conv_kwargs", CONVOLUTIONS)
+@pytest.mark.parametrize("patches_per_feature", [None, 2])
+def test_factors_do_not_depend_on_the_memory_layout(conv_kwargs: dict, patches_per_feature: int | None) -> None:
+    """Channels-last inputs and output gradients (AcktrCNN's) give the factors of channels-first ones."""
+    conv = nn.Conv2d(3, 5, **conv_kwargs).to(DTYPE)
+    block = KroneckerBlock("conv", conv, patches_per_feature=patches_per_feature)
+    inputs = heterogeneous_images()
+    output_grad = th.randn_like(conv(inputs))
+    channels_last = th.channels_last
+    th.manual_seed(0)
+    activation_factor = block.activation_factor(inputs)
+    th.manual_seed(0)
+    assert th.allclose(block.activation_factor(inputs.contiguous(memory_format=channels_last)), activation_factor, atol=1e-12)
+    gradient_factor = block.gradient_factor(output_grad)
+    assert th.allclose(block.gradient_factor(output_grad.contiguous(memory_format=channels_last)), gradient_factor, atol=1e-12)

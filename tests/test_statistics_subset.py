@@ -169,3 +169,21 @@ def test_cnn_policy_uses_the_papers_network_unless_told_otherwise() -> None:
     # The fully connected layer, whose Kronecker factor dominates K-FAC's cost, has half NatureCNN's inputs.
     widths = [model.policy.features_extractor.get_submodule("linear.0").in_features for model in (default, nature)]
     assert widths == [32 * 7 * 7, 64 * 7 * 7]
+
+
+def test_acktr_cnn_computes_channels_last_what_it_would_channels_first() -> None:
+    env = FakeImageEnv(screen_height=84, screen_width=84, n_channels=4)
+    extractor = ACKTR("CnnPolicy", env, seed=0).policy.features_extractor
+    observations = th.rand(5, *extractor._observation_space.shape)
+    convolutions = [module for module in extractor.cnn if isinstance(module, nn.Conv2d)]
+    layouts: list[tuple[bool, bool]] = []
+
+    def record_layout(module: nn.Module, args: tuple[th.Tensor]) -> None:
+        layouts.append((args[0].is_contiguous(), args[0].is_contiguous(memory_format=th.channels_last)))
+
+    hooks = [convolution.register_forward_pre_hook(record_layout) for convolution in convolutions]
+    features = extractor(observations)
+    for hook in hooks:
+        hook.remove()
+    assert layouts == [(False, True)] * 3  # every convolution is fed channels last
+    assert th.allclose(features, extractor.linear(extractor.cnn(observations)), atol=1e-5)

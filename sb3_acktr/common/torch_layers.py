@@ -15,6 +15,9 @@ class AcktrCNN(BaseFeaturesExtractor):
 
     Use with ``policy_kwargs=dict(features_extractor_class=AcktrCNN)``.
 
+    The observations enter the convolutions channels-last (``torch.channels_last``), for which PyTorch's CPU kernels
+    compute the backward pass much faster (see ``docs/misc/cost.md``); the values are the same up to rounding.
+
     :param observation_space: an image space (channels first after SB3's automatic transposition)
     :param features_dim: number of features (units of the fully connected layer)
     :param normalized_image: whether the images are already normalized (as in ``NatureCNN``)
@@ -42,4 +45,4 @@ class AcktrCNN(BaseFeaturesExtractor):
         self.linear = nn.Sequential(nn.Linear(n_flatten, features_dim), nn.ReLU())
 
     def forward(self, observations: th.Tensor) -> th.Tensor:
-        return self.linear(self.cnn(observations))
+        return self.linear(self.cnn(observations.contiguous(memory_format=th.channels_last)))

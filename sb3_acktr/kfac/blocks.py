@@ -110,8 +110,8 @@ class KroneckerBlock:
         positions = drawn // (height * width), drawn // width % height, drawn % width  # example, row, column
         # A patch is C * kh runs of kw contiguous values in the channels-first input, or kh * kw runs of C values once
         # the input is channels last: worth its transposition where C >= kw (3-4x faster for AcktrCNN's deeper
-        # convolutions; 2x slower for the first, 4 channels and 8 x 8 kernels).
-        if channels >= conv.kernel_size[1]:
+        # convolutions; 2x slower for the first, 4 channels and 8 x 8 kernels), and always when it is channels last.
+        if channels >= conv.kernel_size[1] or inputs.is_contiguous(memory_format=th.channels_last):
             return self._patches_channels_last(inputs, positions)
         return self._patches_channels_first(inputs, positions)
 
