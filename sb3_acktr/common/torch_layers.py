@@ -16,7 +16,8 @@ class AcktrCNN(BaseFeaturesExtractor):
     Use with ``policy_kwargs=dict(features_extractor_class=AcktrCNN)``.
 
     The observations enter the convolutions channels-last (``torch.channels_last``), for which PyTorch's CPU kernels
-    compute the backward pass much faster (see ``docs/misc/cost.md``); the values are the same up to rounding.
+    compute the backward pass much faster (see ``docs/misc/cost.md``); the values are the same up to rounding, and
+    the parameters (their names, shapes and layout) those of a channels-first network.
 
     :param observation_space: an image space (channels first after SB3's automatic transposition)
     :param features_dim: number of features (units of the fully connected layer)
