@@ -53,8 +53,10 @@ def test_python_block_runs(location: str, code: str, tmp_path: Path, monkeypatch
 
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
 ZOO_PREFIX = "python -m sb3_acktr.zoo "
-# Short budgets for the documented zoo commands; their options otherwise as written.
-SHORT_BUDGETS = {"-n": "320", "--n-trials": "2"}
+# Short budgets for the documented zoo commands (checkpoints every rollout of CartPole's section, and the resumed
+# checkpoint named accordingly); their options otherwise as written.
+SHORT_BUDGETS = {"-n": "320", "--n-trials": "2", "--save-freq": "160"}
+CHECKPOINT = re.compile(r"rl_model_\d+_steps\.zip")
 SHORT_OPTIMIZATION = ["--n-jobs", "1", "--n-evaluations", "1", "--eval-episodes", "2"]
 
 
@@ -80,6 +82,7 @@ def shortened(arguments: list[str]) -> list[str]:
             arguments[arguments.index(option) + 1] = value
         elif option == "-n":
             arguments += [option, value]
+    arguments = [CHECKPOINT.sub("rl_model_160_steps.zip", argument) for argument in arguments]
     if arguments[0] == "train" and "--eval-freq" not in arguments:
         arguments += ["--eval-freq", "-1"]
     if "-optimize" in arguments:
@@ -95,6 +98,8 @@ def test_the_documents_have_zoo_commands() -> None:
     assert shortened(["train", "--env", "X", "-n", "50000", "-optimize", "--n-trials", "50"])[:8] == [
         "train", "--env", "X", "-n", "320", "-optimize", "--n-trials", "2",
     ]  # fmt: skip
+    resumed = ["train", "--env", "X", "-n", "100000", "-i", "logs/acktr/X_1/rl_model_40000_steps.zip", "--resume"]
+    assert shortened(resumed)[:7] == ["train", "--env", "X", "-n", "320", "-i", "logs/acktr/X_1/rl_model_160_steps.zip"]
 
 
 @pytest.mark.parametrize("location, commands", ZOO_BLOCKS, ids=[location for location, _ in ZOO_BLOCKS])
