@@ -206,7 +206,7 @@ def resuming_the_run() -> Iterator[None]:
                 f"budget ({self.n_timesteps} given)"
             )
         self.n_timesteps -= model.num_timesteps
-        learn(self, _ContinuingModel(model))
+        learn(self, _ContinuingModel(model))  # type: ignore[arg-type]
 
     def normalize_from_the_checkpoint(self: Any, env: Any, eval_env: bool) -> Any:
         statistics = checkpoint_normalization(self.trained_agent)

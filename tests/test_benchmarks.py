@@ -141,7 +141,8 @@ def test_a_cut_run_resumes_from_its_last_checkpoint_and_reads_as_one(tmp_path: P
     assert not (zoo / "CartPole-v1_2").exists()
     assert json.loads((tmp_path / "resumed.json").read_text()) == [dict(timesteps=200, seconds=20.0)]
     # A checkpoint at the budget or beyond cannot be resumed: the one before it is.
-    assert sample_efficiency.prepare_resumption(tmp_path, "ppo", "CartPole-v1", 200).name == "rl_model_105_steps.zip"
+    checkpoint = sample_efficiency.prepare_resumption(tmp_path, "ppo", "CartPole-v1", 200)
+    assert checkpoint is not None and checkpoint.name == "rl_model_105_steps.zip"
     assert json.loads((tmp_path / "resumed.json").read_text()) == [dict(timesteps=100, seconds=10.0)]
 
     sample_efficiency.prepare_resumption(tmp_path, "ppo", "CartPole-v1", 300)

@@ -174,7 +174,8 @@ def test_cnn_policy_uses_the_papers_network_unless_told_otherwise() -> None:
 def test_acktr_cnn_computes_channels_last_what_it_would_channels_first() -> None:
     env = FakeImageEnv(screen_height=84, screen_width=84, n_channels=4)
     extractor = ACKTR("CnnPolicy", env, seed=0).policy.features_extractor
-    observations = th.rand(5, *extractor._observation_space.shape)
+    assert isinstance(extractor, AcktrCNN)
+    observations = th.rand(5, 4, 84, 84)
     convolutions = [module for module in extractor.cnn if isinstance(module, nn.Conv2d)]
     layouts: list[tuple[bool, bool]] = []
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_acktr import ACKTR, AcktrCNN
@@ -155,6 +156,7 @@ def test_resume_continues_the_checkpoints_run(tmp_path: Path) -> None:
     statistics = normalization(resumed / env_id / "vecnormalize.pkl")
     # The checkpoint's observation count, then the resumed run's: a reset and two rollouts of 16 envs.
     n_envs = SECTIONS[env_id]["n_envs"]
+    assert isinstance(statistics.obs_rms, RunningMeanStd)
     assert statistics.obs_rms.count == pytest.approx(saved_statistics.obs_rms.count + n_envs + 2 * rollout, abs=1e-3)
 
 
