@@ -118,6 +118,12 @@ def monitor_start(folder: Path) -> float:
     return float(json.loads(header.read_text().split("\n", 1)[0].lstrip("#"))["t_start"])
 
 
+def resumptions(directory: Path) -> list[dict[str, float]]:
+    """Where each zoo folder of a resumed run took over (``resumed.json``): the checkpoint's timesteps, and seconds."""
+    path = directory / "resumed.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def prepare_resumption(directory: Path, algo: str, env_id: str, n_timesteps: int) -> Path | None:
     """
     The checkpoint to resume a cut run from: the latest one short of the budget, in whichever zoo folder of the run
@@ -125,7 +131,7 @@ def prepare_resumption(directory: Path, algo: str, env_id: str, n_timesteps: int
     checkpoint's timesteps and its folder's seconds then). None, with the run's folders removed: start again.
     """
     folders = zoo_run_folders(directory, algo, env_id)
-    resumed = json.loads((directory / "resumed.json").read_text()) if (directory / "resumed.json").is_file() else []
+    resumed = resumptions(directory)
     for index in reversed(range(len(folders))):
         saved = [(checkpoint_timesteps(path), path) for path in folders[index].glob("rl_model_*_steps.zip")]
         usable = sorted(checkpoint for checkpoint in saved if checkpoint[0] < n_timesteps)
@@ -188,13 +194,10 @@ def run_segments(directory: Path, algo: str, env_id: str) -> list[Segment]:
     folders = zoo_run_folders(directory, algo, env_id)
     if not folders:
         raise FileNotFoundError(f"no zoo run in {directory}")
-    resumed = json.loads((directory / "resumed.json").read_text()) if (directory / "resumed.json").is_file() else []
-    starts = [0, *(cut["timesteps"] for cut in resumed)]
-    ends = [*resumed, None]
-    return [
-        Segment(folder, start, end and end["timesteps"], end["seconds"] if end else 0.0)
-        for folder, start, end in zip(folders, starts, ends, strict=True)
-    ]
+    cuts: list[tuple[int | None, float]] = [(int(cut["timesteps"]), cut["seconds"]) for cut in resumptions(directory)]
+    starts = [0, *(int(timesteps or 0) for timesteps, _ in cuts)]
+    ends = [*cuts, (None, 0.0)]
+    return [Segment(folder, start, end, seconds) for folder, start, (end, seconds) in zip(folders, starts, ends, strict=True)]
 
 
 def as_segments(run: Path | Sequence[Segment]) -> Sequence[Segment]:
