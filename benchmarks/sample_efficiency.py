@@ -89,7 +89,7 @@ def train(
     start = time.time()
     with open(directory / "train.log", "a" if checkpoint else "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=one_thread_environment(), cwd=ROOT)
-    seconds = sum(segment.seconds for segment in run_segments(directory, algo, env_id)[:-1]) + time.time() - start
+    seconds = sum(cut["seconds"] for cut in resumptions(directory)) + time.time() - start
     (directory / "done.json").write_text(json.dumps(dict(seconds=seconds, n_timesteps=n_timesteps, command=command)))
     return f"{env_id} {algo} seed {seed}: {seconds:.0f} s"
 
@@ -112,10 +112,14 @@ def checkpoint_timesteps(checkpoint: Path) -> int:
         return int(json.loads(archive.read("data"))["num_timesteps"])
 
 
+def env0_monitor(folder: Path) -> Path:
+    """Env 0's Monitor file in a zoo run folder (``0.monitor.csv``, or ``monitor.csv`` for a single env)."""
+    return next(path for path in sorted(folder.glob("*.monitor.csv")) if path.name.split(".")[0] in ("0", "monitor"))
+
+
 def monitor_start(folder: Path) -> float:
     """Wall-clock time at which the zoo run in ``folder`` started (env 0's Monitor header)."""
-    header = next(path for path in sorted(folder.glob("*.monitor.csv")) if path.name.split(".")[0] in ("0", "monitor"))
-    return float(json.loads(header.read_text().split("\n", 1)[0].lstrip("#"))["t_start"])
+    return float(json.loads(env0_monitor(folder).read_text().split("\n", 1)[0].lstrip("#"))["t_start"])
 
 
 def resumptions(directory: Path) -> list[dict[str, float]]:
@@ -217,6 +221,11 @@ def _segment_offsets(run: Path | Sequence[Segment]) -> list[tuple[Segment, float
     return list(zip(segments, offsets.tolist(), strict=True))
 
 
+def _up_to(values: np.ndarray, end: float | None) -> np.ndarray:
+    """Which ``values`` are at most ``end`` (all of them when ``end`` is None: the run's last segment)."""
+    return values <= end if end is not None else np.ones(len(values), dtype=bool)
+
+
 def _env0_clock(run: Path | Sequence[Segment], frame_skip: int) -> tuple[np.ndarray, np.ndarray]:
     """
     Timesteps taken and seconds elapsed at each episode end of env 0 (whose Monitor episode lengths count
@@ -225,11 +234,10 @@ def _env0_clock(run: Path | Sequence[Segment], frame_skip: int) -> tuple[np.ndar
     """
     steps, seconds = [], []
     for segment, offset in _segment_offsets(run):
-        monitor_files = sorted(segment.folder.glob("*.monitor.csv"))
-        first = next(path for path in monitor_files if path.name.split(".")[0] in ("0", "monitor"))
-        rows = np.genfromtxt(first, delimiter=",", skip_header=2, ndmin=2)  # columns: r, l, t
-        segment_steps = segment.start + np.cumsum(rows[:, 1]) * max(len(monitor_files), 1) / frame_skip
-        kept = segment_steps <= segment.end if segment.end is not None else np.ones(len(rows), dtype=bool)
+        n_envs = len(list(segment.folder.glob("*.monitor.csv")))
+        rows = np.genfromtxt(env0_monitor(segment.folder), delimiter=",", skip_header=2, ndmin=2)  # columns: r, l, t
+        segment_steps = segment.start + np.cumsum(rows[:, 1]) * n_envs / frame_skip
+        kept = _up_to(segment_steps, segment.end)
         steps.append(segment_steps[kept])
         seconds.append(rows[kept, 2] + offset)
     return np.concatenate(steps), np.concatenate(seconds)
@@ -262,7 +270,7 @@ def evaluations(run: Path | Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
         if not (segment.folder / "evaluations.npz").is_file():
             continue  # a segment cut before its first evaluation
         saved = np.load(segment.folder / "evaluations.npz")
-        kept = saved["timesteps"] <= segment.end if segment.end is not None else np.ones(len(saved["timesteps"]), bool)
+        kept = _up_to(saved["timesteps"], segment.end)
         timesteps.append(saved["timesteps"][kept])
         returns.append(saved["results"][kept].mean(axis=1))
     return np.concatenate(timesteps), np.concatenate(returns)

@@ -82,7 +82,8 @@ def shortened(arguments: list[str]) -> list[str]:
             arguments[arguments.index(option) + 1] = value
         elif option == "-n":
             arguments += [option, value]
-    arguments = [CHECKPOINT.sub("rl_model_160_steps.zip", argument) for argument in arguments]
+    checkpoint = f"rl_model_{SHORT_BUDGETS['--save-freq']}_steps.zip"
+    arguments = [CHECKPOINT.sub(checkpoint, argument) for argument in arguments]
     if arguments[0] == "train" and "--eval-freq" not in arguments:
         arguments += ["--eval-freq", "-1"]
     if "-optimize" in arguments:
