@@ -188,3 +188,25 @@ def test_acktr_cnn_computes_channels_last_what_it_would_channels_first() -> None
         hook.remove()
     assert layouts == [(False, True)] * 3  # every convolution is fed channels last
     assert th.allclose(features, extractor.linear(extractor.cnn(observations)), atol=1e-5)
+
+
+@pytest.mark.parametrize("share_features_extractor", [True, False])
+def test_cnn_policy_hands_its_extractors_channels_last_images(share_features_extractor: bool) -> None:
+    env = FakeImageEnv(screen_height=84, screen_width=84, n_channels=4)
+    policy = ACKTR("CnnPolicy", env, policy_kwargs=dict(share_features_extractor=share_features_extractor), seed=0).policy
+    extractors = [policy.features_extractor]
+    if not share_features_extractor:
+        extractors = [policy.pi_features_extractor, policy.vf_features_extractor]
+    pixels = th.randint(0, 256, (5, 4, 84, 84), dtype=th.uint8)
+    received: list[th.Tensor] = []
+    hooks = [extractor.register_forward_pre_hook(lambda module, args: received.append(args[0])) for extractor in extractors]
+    features = policy.extract_features(pixels)
+    for hook in hooks:
+        hook.remove()
+    assert len(received) == len(extractors)
+    for images in received:
+        assert images.dtype == th.float32 and images.is_contiguous(memory_format=th.channels_last)
+        assert th.equal(images, pixels.float() / 255.0)
+    expected = [extractor(pixels.float() / 255.0) for extractor in extractors]
+    for computed, reference in zip(features if isinstance(features, tuple) else (features,), expected, strict=True):
+        assert th.allclose(computed, reference, atol=1e-5)

@@ -2,10 +2,11 @@
 
 from typing import Any
 
+import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
 from sb3_acktr.common.torch_layers import AcktrCNN
 
@@ -19,6 +20,9 @@ class CnnPolicy(ActorCriticCnnPolicy):
     extractor instead of ``NatureCNN``: its fully connected layer has half the inputs, which makes the Kronecker factor
     that dominates K-FAC's cost four times smaller. Like any extractor other than ``NatureCNN``, it is followed by SB3's
     default 64-64 actor and critic networks. ``policy_kwargs=dict(features_extractor_class=NatureCNN)`` restores SB3's.
+
+    Image batches are made channels-last (``torch.channels_last``) before SB3 converts them to floats: the layout that
+    PyTorch's CPU convolutions compute fastest, here obtained by copying the 1-byte pixels rather than the 4-byte floats.
 
     See ``ActorCriticCnnPolicy`` for the parameters (all but the first three by keyword).
     """
@@ -35,3 +39,10 @@ class CnnPolicy(ActorCriticCnnPolicy):
         super().__init__(
             observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
         )
+
+    def extract_features(  # type: ignore[override]
+        self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor | None = None
+    ) -> th.Tensor | tuple[th.Tensor, th.Tensor]:
+        if isinstance(obs, th.Tensor) and obs.dim() == 4:
+            obs = obs.contiguous(memory_format=th.channels_last)
+        return super().extract_features(obs, features_extractor)
