@@ -26,6 +26,7 @@ of reach within the budget.
 
 import argparse
 import csv
+import functools
 import json
 import os
 import shutil
@@ -226,6 +227,22 @@ def _up_to(values: np.ndarray, end: float | None) -> np.ndarray:
     return values <= end if end is not None else np.ones(len(values), dtype=bool)
 
 
+def monitor_rows(path: Path) -> np.ndarray:
+    """
+    The rows ``(return, length, seconds)`` of a Monitor file, parsed once per version of the file (the report's
+    measures read each file several times); the array is shared and read-only.
+    """
+    status = path.stat()
+    return _parsed_monitor(path, status.st_mtime_ns, status.st_size)
+
+
+@functools.cache
+def _parsed_monitor(path: Path, modified_ns: int, size: int) -> np.ndarray:
+    rows = np.genfromtxt(path, delimiter=",", skip_header=2, ndmin=2)
+    rows.flags.writeable = False
+    return rows
+
+
 def _env0_clock(run: Path | Sequence[Segment], frame_skip: int) -> tuple[np.ndarray, np.ndarray]:
     """
     Timesteps taken and seconds elapsed at each episode end of env 0 (whose Monitor episode lengths count
@@ -235,7 +252,7 @@ def _env0_clock(run: Path | Sequence[Segment], frame_skip: int) -> tuple[np.ndar
     steps, seconds = [], []
     for segment, offset in _segment_offsets(run):
         n_envs = len(list(segment.folder.glob("*.monitor.csv")))
-        rows = np.genfromtxt(env0_monitor(segment.folder), delimiter=",", skip_header=2, ndmin=2)  # columns: r, l, t
+        rows = monitor_rows(env0_monitor(segment.folder))
         segment_steps = segment.start + np.cumsum(rows[:, 1]) * n_envs / frame_skip
         kept = _up_to(segment_steps, segment.end)
         steps.append(segment_steps[kept])
@@ -254,7 +271,7 @@ def training_episodes(run: Path | Sequence[Segment]) -> np.ndarray:
     rows = []
     for segment, offset in _segment_offsets(run):
         for path in segment.folder.glob("*.monitor.csv"):
-            env_rows = np.genfromtxt(path, delimiter=",", skip_header=2, ndmin=2)
+            env_rows = monitor_rows(path)
             if env_rows.size and segment.end is not None:
                 env_rows = env_rows[env_rows[:, 2] <= segment.seconds]
             if env_rows.size:
