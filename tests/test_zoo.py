@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
 
 from sb3_acktr import ACKTR, AcktrCNN
 from sb3_acktr.zoo import default_hyperparameters_file, hyperparameter_sections, main, sample_acktr_params, zoo_arguments
@@ -95,6 +96,8 @@ def test_every_section_builds_and_runs_updates(section: str, tmp_path: Path) -> 
     for knob in (*knobs, "n_critic_updates"):
         if knob in hyperparams:
             assert knob_value(getattr(model, knob)) == knob_value(hyperparams[knob]), knob
+    if "policy_kwargs" in hyperparams:
+        assert model.policy_kwargs == eval(hyperparams["policy_kwargs"], {"AcktrCNN": AcktrCNN, "nn": nn})
     if "AcktrCNN" in hyperparams.get("policy_kwargs", ""):
         assert isinstance(model.policy.features_extractor, AcktrCNN)
 
