@@ -41,10 +41,9 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
-from torch import nn
 
-from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.zoo import hyperparameter_sections, preprocess_trust_region_schedules
+from sb3_acktr import ACKTR
+from sb3_acktr.zoo import hyperparameter_sections, preprocess_trust_region_schedules, section_policy_kwargs
 
 
 def zoo_settings(name: str) -> dict:
@@ -65,7 +64,7 @@ def zoo_settings(name: str) -> dict:
     )
     settings = preprocess_trust_region_schedules({key: section[key] for key in keys if key in section})
     if "policy_kwargs" in section:
-        settings["policy_kwargs"] = eval(section["policy_kwargs"], {"AcktrCNN": AcktrCNN, "nn": nn})
+        settings["policy_kwargs"] = section_policy_kwargs(section["policy_kwargs"])
     return settings
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import optuna
 import yaml
+from torch import nn
 
 from sb3_acktr.acktr import ACKTR
 from sb3_acktr.common.torch_layers import AcktrCNN
@@ -56,6 +57,11 @@ def hyperparameter_sections() -> dict[str, dict[str, Any]]:
     """The sections of the packaged hyperparameter file, by environment id (and ``atari``)."""
     with open(default_hyperparameters_file()) as file:
         return yaml.safe_load(file)
+
+
+def section_policy_kwargs(text: str) -> dict[str, Any]:
+    """A section's ``policy_kwargs`` string evaluated as the zoo does, where ``nn`` and ``AcktrCNN`` are known names."""
+    return eval(text, {"nn": nn, "AcktrCNN": AcktrCNN})
 
 
 def sample_acktr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:

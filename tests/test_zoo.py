@@ -10,10 +10,16 @@ from pathlib import Path
 import pytest
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
-from torch import nn
 
 from sb3_acktr import ACKTR, AcktrCNN
-from sb3_acktr.zoo import default_hyperparameters_file, hyperparameter_sections, main, sample_acktr_params, zoo_arguments
+from sb3_acktr.zoo import (
+    default_hyperparameters_file,
+    hyperparameter_sections,
+    main,
+    sample_acktr_params,
+    section_policy_kwargs,
+    zoo_arguments,
+)
 
 pytest.importorskip("rl_zoo3", reason="the zoo extra is not installed")
 
@@ -97,7 +103,7 @@ def test_every_section_builds_and_runs_updates(section: str, tmp_path: Path) -> 
         if knob in hyperparams:
             assert knob_value(getattr(model, knob)) == knob_value(hyperparams[knob]), knob
     if "policy_kwargs" in hyperparams:
-        assert model.policy_kwargs == eval(hyperparams["policy_kwargs"], {"AcktrCNN": AcktrCNN, "nn": nn})
+        assert model.policy_kwargs == section_policy_kwargs(hyperparams["policy_kwargs"])
     if "AcktrCNN" in hyperparams.get("policy_kwargs", ""):
         assert isinstance(model.policy.features_extractor, AcktrCNN)
 
