@@ -199,9 +199,9 @@ def run_segments(directory: Path, algo: str, env_id: str) -> list[Segment]:
     folders = zoo_run_folders(directory, algo, env_id)
     if not folders:
         raise FileNotFoundError(f"no zoo run in {directory}")
-    cuts: list[tuple[int | None, float]] = [(int(cut["timesteps"]), cut["seconds"]) for cut in resumptions(directory)]
-    starts = [0, *(int(timesteps or 0) for timesteps, _ in cuts)]
-    ends = [*cuts, (None, 0.0)]
+    cuts = [(int(cut["timesteps"]), cut["seconds"]) for cut in resumptions(directory)]
+    starts = [0, *(timesteps for timesteps, _ in cuts)]
+    ends: list[tuple[int | None, float]] = [*cuts, (None, 0.0)]
     return [Segment(folder, start, end, seconds) for folder, start, (end, seconds) in zip(folders, starts, ends, strict=True)]
 
 
