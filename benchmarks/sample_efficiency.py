@@ -15,13 +15,13 @@ rollout, which is collected again); a shorter run starts again. The zoo's EvalCa
 (evaluation return against timesteps; deterministic, except on Atari where rl-zoo3 samples the actions) and the
 Monitor files give wall-clock time (the vectorised environments step in lockstep, so env 0's step count times n_envs
 is the run's timestep count).
-``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}`` and ``docs/sample_efficiency_ENV.png``: for each
-task, timesteps and seconds until the evaluation return first reaches the threshold (mean and standard deviation over
-the seeds that reached it, and how many did), the mean evaluation return over the whole run (area under the curve:
-it also rewards staying above the threshold), the mean return of the last 100 training episodes (from the Monitor
-files: stochastic actions, full games, many more episodes than the evaluations) and the timesteps at which that running
-mean first reached A2C's final one (averaged over A2C's seeds): a ratio of sample efficiency where the threshold is out
-of reach within the budget.
+``report`` writes ``benchmarks/results/sample_efficiency.{json,csv}``, ``docs/sample_efficiency_ENV.png`` and the
+README's results table (a few of them): for each task, timesteps and seconds until the evaluation return first reaches
+the threshold (mean and standard deviation over the seeds that reached it, and how many did), the mean evaluation return
+over the whole run (area under the curve: it also rewards staying above the threshold), the mean return of the last 100
+training episodes (from the Monitor files: stochastic actions, full games, many more episodes than the evaluations) and
+the timesteps at which that running mean first reached A2C's final one (averaged over A2C's seeds): a ratio of sample
+efficiency where the threshold is out of reach within the budget.
 """
 
 import argparse
@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 
 # Threshold, budget (timesteps, the same for every algorithm), evaluation every ... timesteps, episodes per evaluation;
 # on Atari the Monitor sits below the zoo's AtariWrapper and counts emulator frames, frame_skip of them per timestep.
@@ -59,6 +60,18 @@ TASKS: dict[str, dict[str, float]] = {
     "Walker2d-v5": dict(threshold=1217, budget=1_000_000, eval_freq=20_000, eval_episodes=5),
 }
 ALGOS = ("acktr", "a2c", "ppo")
+# The README's results table, between its markers: its tasks in order, the name it gives each and the measure its row
+# shows ("reached": seeds reaching the threshold and when; "timesteps": timesteps to the threshold; "final": final return).
+README_ROWS: dict[str, tuple[str, str]] = {
+    "BreakoutNoFrameskip-v4": ("Breakout", "reached"),
+    "LunarLander-v3": ("LunarLander-v3", "reached"),
+    "CartPole-v1": ("CartPole-v1", "timesteps"),
+    "Acrobot-v1": ("Acrobot-v1", "timesteps"),
+    "HalfCheetah-v5": ("HalfCheetah-v5", "final"),
+    "Hopper-v5": ("Hopper-v5", "final"),
+    "Walker2d-v5": ("Walker2d-v5", "final"),
+}
+README_MARKERS = ("<!-- results-table-start -->\n", "<!-- results-table-end -->")
 # Runs of at least this many timesteps save a checkpoint every CHECKPOINT_FREQ timesteps, from which a cut run resumes.
 CHECKPOINT_FREQ = 100_000
 
@@ -429,6 +442,7 @@ def report() -> None:
         writer.writeheader()
         writer.writerows(rows)
     print_table(rows)
+    write_readme_table(rows)
 
 
 def report_variant(runs: Path) -> None:
@@ -465,6 +479,53 @@ def print_table(rows: list[dict]) -> None:
             f"{row['reached_a2c_level']} / {row['seeds']}: {fmt(row['steps_to_a2c_level_mean'])} ± "
             f"{fmt(row['steps_to_a2c_level_std'])} | {fmt(row['fps_mean'])} |"
         )
+
+
+def _mean_pm_std(mean: float, std: float, seeds: int, digits: int, unit: float = 1, suffix: str = "") -> str:
+    spread = f" ± {std / unit:,.{digits}f}{suffix}" if seeds > 1 else ""
+    return f"{mean / unit:,.{digits}f}{suffix}{spread}"
+
+
+def readme_cell(row: dict, measure: str) -> str:
+    """One algorithm's cell of the README's results table (see ``README_ROWS`` for the measures)."""
+    final_digits = 1 if abs(row["final_return_mean"]) < 100 else 0
+    final = _mean_pm_std(row["final_return_mean"], row["final_return_std"], row["seeds"], final_digits)
+    if measure == "final":
+        return final if row["seeds"] > 1 else f"{final} (1 seed)"
+    steps = "-"
+    if row["reached"]:
+        steps_digits = 1 if TASKS[row["env"]]["budget"] < 1_000_000 else 0
+        steps = _mean_pm_std(row["steps_mean"], row["steps_std"], row["reached"], steps_digits, 1_000, "k")
+    if measure == "timesteps":
+        reached = "" if row["reached"] == row["seeds"] else f"{row['reached']} / {row['seeds']} seeds, "
+        return f"{reached}{steps} (final {final})"
+    at = f", at {steps}" if row["reached"] else ""
+    return f"{row['reached']} / {row['seeds']}{at} (final {final})"
+
+
+def readme_table(rows: list[dict]) -> str:
+    """The README's results table (markdown) from the report's rows: its tasks in ``README_ROWS``, A2C and PPO beside."""
+    by_task = {(row["env"], row["algo"]): row for row in rows}
+    what = dict(reached="seeds reaching {threshold:g}", timesteps="timesteps to {threshold:g}", final="final return")
+    lines = ["| task (budget) | ACKTR | A2C | PPO |", "|---|---|---|---|"]
+    for env_id, (name, measure) in README_ROWS.items():
+        if (env_id, "acktr") not in by_task:
+            continue
+        task = TASKS[env_id]
+        heading = f"{name} ({task['budget'] / 1e6:g}M)" if task["budget"] >= 1e6 else f"{name} ({task['budget'] / 1e3:g}k)"
+        cells = [readme_cell(by_task[env_id, algo], measure) if (env_id, algo) in by_task else "-" for algo in ALGOS]
+        lines.append(f"| {heading}, {what[measure].format(**task)} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme_table(rows: list[dict], readme: Path | None = None) -> None:
+    """Replace the README's results table (between its markers) with the one of ``rows``."""
+    path = readme or README
+    text = path.read_text()
+    start, end = README_MARKERS
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}{readme_table(rows)}{end}{tail}")
 
 
 def plot(env_id: str, curves: dict[str, list[dict]]) -> None:

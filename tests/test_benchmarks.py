@@ -33,6 +33,9 @@ def test_sample_efficiency_runs_resumes_and_reports(
     monkeypatch.setattr(sample_efficiency, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(sample_efficiency, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(sample_efficiency, "DOCS", tmp_path / "docs")
+    readme = tmp_path / "README.md"
+    readme.write_text("Results:\n<!-- results-table-start -->\nstale\n<!-- results-table-end -->\nMore.\n")
+    monkeypatch.setattr(sample_efficiency, "README", readme)
     tiny = dict(threshold=20, budget=1_600, eval_freq=800, eval_episodes=2)
     monkeypatch.setitem(sample_efficiency.TASKS, "CartPole-v1", tiny)
     for algo in ("acktr", "a2c"):
@@ -49,6 +52,12 @@ def test_sample_efficiency_runs_resumes_and_reports(
         assert row["reached"] == 0 or 0 < row["steps_mean"] <= 1_600
     assert (tmp_path / "results" / "sample_efficiency.csv").read_text().startswith("env,algo,seeds")
     assert (tmp_path / "docs" / "sample_efficiency_CartPole-v1.png").stat().st_size > 0
+    readme_lines = readme.read_text().splitlines()
+    assert readme_lines[:2] == ["Results:", "<!-- results-table-start -->"] and readme_lines[-2:] == [
+        "<!-- results-table-end -->",
+        "More.",
+    ]
+    assert readme_lines[4].startswith("| CartPole-v1 (1.6k), timesteps to 20 | ") and readme_lines[4].endswith(" | - |")
 
     # The runs folder is not versioned: a report without A2C's runs keeps A2C's row and curves from the last one.
     for path in sorted((tmp_path / "runs" / "CartPole-v1" / "a2c").rglob("*"), reverse=True):
@@ -67,6 +76,46 @@ def test_sample_efficiency_runs_resumes_and_reports(
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 3 and printed[2].startswith("| CartPole-v1") and "| acktr | " in printed[2]
     assert json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())["table"] == table
+
+
+def test_the_readme_table_is_the_reports() -> None:
+    report = json.loads((sample_efficiency.RESULTS / "sample_efficiency.json").read_text())
+    readme = sample_efficiency.README.read_text()
+    start, end = sample_efficiency.README_MARKERS
+    assert readme.split(start)[1].split(end)[0] == sample_efficiency.readme_table(report["table"])
+
+
+@pytest.mark.parametrize(
+    "row, measure, cell",
+    [
+        (
+            dict(seeds=3, reached=2, steps_mean=650_000.0, steps_std=50_000.0, final_return_mean=17.56),
+            "reached",
+            "2 / 3, at 650k ± 50k (final 17.6 ± 0.1)",
+        ),
+        (
+            dict(seeds=3, reached=0, steps_mean=None, steps_std=None, final_return_mean=1.9),
+            "reached",
+            "0 / 3 (final 1.9 ± 0.1)",
+        ),
+        (
+            dict(seeds=5, reached=4, steps_mean=16_972.8, steps_std=7_955.9, final_return_mean=500.0),
+            "timesteps",
+            "4 / 5 seeds, 17.0k ± 8.0k (final 500 ± 0)",
+        ),
+        (
+            dict(seeds=1, reached=1, steps_mean=2_500.0, steps_std=0.0, final_return_mean=500.0),
+            "timesteps",
+            "2.5k (final 500)",
+        ),
+        (dict(seeds=3, reached=3, steps_mean=0.0, steps_std=0.0, final_return_mean=5_089.8), "final", "5,090 ± 0"),
+        (dict(seeds=1, reached=0, steps_mean=None, steps_std=None, final_return_mean=276.6), "final", "277 (1 seed)"),
+    ],
+)
+def test_readme_cells_show_each_measure(row: dict, measure: str, cell: str) -> None:
+    env_id = "BreakoutNoFrameskip-v4" if measure == "reached" else "CartPole-v1"
+    final_std = 0.1 if measure == "reached" else 0.0
+    assert sample_efficiency.readme_cell(dict(env=env_id, final_return_std=final_std, **row), measure) == cell
 
 
 @pytest.mark.parametrize("threshold, expected", [(-math.inf, 800), (math.inf, None)])
