@@ -518,14 +518,15 @@ def readme_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme_table(rows: list[dict], readme: Path | None = None) -> None:
+def write_readme_table(rows: list[dict]) -> None:
     """Replace the README's results table (between its markers) with the one of ``rows``."""
-    path = readme or README
-    text = path.read_text()
+    text = README.read_text()
     start, end = README_MARKERS
+    if start not in text or end not in text.split(start, 1)[1]:
+        raise ValueError(f"{README} has no results table between {start.strip()} and {end}")
     head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}{readme_table(rows)}{end}{tail}")
+    tail = rest.split(end, 1)[1]
+    README.write_text(f"{head}{start}{readme_table(rows)}{end}{tail}")
 
 
 def plot(env_id: str, curves: dict[str, list[dict]]) -> None:

@@ -77,6 +77,10 @@ def test_sample_efficiency_runs_resumes_and_reports(
     assert len(printed) == 3 and printed[2].startswith("| CartPole-v1") and "| acktr | " in printed[2]
     assert json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())["table"] == table
 
+    readme.write_text("No table here.\n")
+    with pytest.raises(ValueError, match="no results table"):
+        sample_efficiency.write_readme_table(table)
+
 
 def test_the_readme_table_is_the_reports() -> None:
     report = json.loads((sample_efficiency.RESULTS / "sample_efficiency.json").read_text())
