@@ -4,6 +4,7 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
 
     python benchmarks/sample_efficiency.py run --env CartPole-v1 --seeds 0 1 2 3 4     # resumable (done runs are kept)
     python benchmarks/sample_efficiency.py report                                      # table, JSON, CSV and plots
+    python benchmarks/sample_efficiency.py report --keep-seeds       # with the last report's runs of seeds not run here
     python benchmarks/sample_efficiency.py run --env BreakoutNoFrameskip-v4 --algos acktr --seeds 0 \
         --params stats_batch_size:160 --runs benchmarks/results/runs/_variants/stats_batch_size_160   # other settings
 
@@ -311,23 +312,34 @@ def final_training_return(run: Path | Sequence[Segment], episodes: int = 100) ->
     return float(training_episodes(run)[-episodes:, 0].mean())
 
 
-def timesteps_to_training_return(
-    run: Path | Sequence[Segment], level: float, frame_skip: int = 1, episodes: int = 100
-) -> int | None:
+def training_return_records(
+    run: Path | Sequence[Segment], frame_skip: int = 1, episodes: int = 100
+) -> list[tuple[int, float]]:
     """
-    First timestep at which the mean return of the last ``episodes`` training episodes was at least ``level`` (the
-    episode's end time converted through env 0's clock, which stops at env 0's last finished episode).
+    ``(timestep, mean)`` each time the mean return of the last ``episodes`` training episodes reached a new high (the
+    episode's end time converted through env 0's clock, which stops at env 0's last finished episode): the first of them
+    at or above a level is where the run first reached it, for any level (A2C's final one changes with A2C's runs).
     """
     finished = training_episodes(run)
     if len(finished) < episodes:
-        return None
+        return []
     running_means = np.convolve(finished[:, 0], np.ones(episodes) / episodes, mode="valid")
-    reached = np.flatnonzero(running_means >= level)
-    if not reached.size:
-        return None
-    seconds = finished[reached[0] + episodes - 1, 2]
+    highs = np.flatnonzero(running_means > np.maximum.accumulate(np.concatenate(([-np.inf], running_means[:-1]))))
     steps, clock = _env0_clock(run, frame_skip)
-    return int(np.interp(seconds, clock, steps))
+    at_steps = np.interp(finished[highs + episodes - 1, 2], clock, steps)
+    return [(int(step), float(mean)) for step, mean in zip(at_steps, running_means[highs], strict=True)]
+
+
+def first_reaching(records: Sequence[Sequence[float]], level: float) -> int | None:
+    """The timestep of the first of ``training_return_records`` at or above ``level``."""
+    return next((int(step) for step, mean in records if mean >= level), None)
+
+
+def timesteps_to_training_return(
+    run: Path | Sequence[Segment], level: float, frame_skip: int = 1, episodes: int = 100
+) -> int | None:
+    """First timestep at which the mean return of the last ``episodes`` training episodes was at least ``level``."""
+    return first_reaching(training_return_records(run, frame_skip, episodes), level)
 
 
 def load_run(env_id: str, algo: str, seed: int, runs: Path | None = None) -> dict | None:
@@ -348,6 +360,7 @@ def load_run(env_id: str, algo: str, seed: int, runs: Path | None = None) -> dic
         seconds_to_threshold=float(seconds[reached[0]]) if reached.size else None,
         final_return=float(returns[-1]),
         final_training_return=final_training_return(segments),
+        training_records=training_return_records(segments, task_frame_skip(env_id)),
         mean_return=float(returns.mean()),
         total_seconds=done["seconds"],
         fps=done["n_timesteps"] / done["seconds"],
@@ -359,19 +372,18 @@ def load_runs(env_id: str, algo: str, runs: Path | None = None) -> list[dict]:
     return [run for seed in range(20) if (run := load_run(env_id, algo, seed, runs)) is not None]
 
 
-def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None, folder: Path | None = None) -> dict:
+def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None) -> dict:
     """
-    One algorithm's row of the table: each measure's mean and std over its seeds (``a2c_level``: A2C's final one;
-    ``folder``: of the runs, if not the default one).
+    One algorithm's row of the table: each measure's mean and std over its seeds (``a2c_level``: A2C's final one,
+    reached or not by each run that has ``training_records``; runs reported before they were kept have none).
     """
     steps = [run["steps_to_threshold"] for run in runs if run["steps_to_threshold"] is not None]
     seconds = [run["seconds_to_threshold"] for run in runs if run["seconds_to_threshold"] is not None]
+    with_records = [run["training_records"] for run in runs if "training_records" in run]
     to_a2c_level: list[float] = []
     if a2c_level is not None:
-        for run in runs:
-            segments = run_segments(run_directory(env_id, algo, run["seed"], folder), algo, env_id)
-            if (crossing := timesteps_to_training_return(segments, a2c_level, task_frame_skip(env_id))) is not None:
-                to_a2c_level.append(crossing)
+        crossings = (first_reaching(records, a2c_level) for records in with_records)
+        to_a2c_level = [crossing for crossing in crossings if crossing is not None]
     return dict(
         env=env_id,
         algo=algo,
@@ -391,6 +403,7 @@ def table_row(env_id: str, algo: str, runs: list[dict], a2c_level: float | None,
         training_return_std=mean_std([run["final_training_return"] for run in runs])[1],
         a2c_training_level=a2c_level,
         reached_a2c_level=len(to_a2c_level),
+        a2c_level_seeds=len(with_records),
         steps_to_a2c_level_mean=mean_std(to_a2c_level)[0],
         steps_to_a2c_level_std=mean_std(to_a2c_level)[1],
         fps_mean=mean_std([run["fps"] for run in runs])[0],
@@ -409,13 +422,17 @@ def previous_results() -> tuple[dict[tuple[str, str], dict], dict[str, dict[str,
     if not path.is_file():
         return {}, {}
     previous = json.loads(path.read_text())
+    for row in previous["table"]:
+        row.setdefault("a2c_level_seeds", row["seeds"])  # reports that did not count them took every seed
     return {(row["env"], row["algo"]): row for row in previous["table"]}, previous["curves"]
 
 
-def report() -> None:
+def report(keep_seeds: bool = False) -> None:
     """
     Aggregate the finished runs of this machine; a task and algorithm without any keeps its row and curves from the
-    last report (the runs folder is not versioned), so rerunning one algorithm updates only its own row.
+    last report (the runs folder is not versioned), so rerunning one algorithm updates only its own row. With
+    ``keep_seeds``, the last report's runs of the seeds that have no run here are kept beside this machine's (run them
+    with the same settings): more seeds for a row without rerunning its first ones.
     """
     previous_rows, previous_curves = previous_results()
     rows, summary = [], {}
@@ -423,10 +440,14 @@ def report() -> None:
         curves, kept = {}, set()
         for algo in ALGOS:
             runs = load_runs(env_id, algo)
+            previous = previous_curves.get(env_id, {}).get(algo, []) if (env_id, algo) in previous_rows else []
+            if runs and keep_seeds:
+                seeds = {run["seed"] for run in runs}
+                runs = sorted(runs + [run for run in previous if run["seed"] not in seeds], key=lambda run: run["seed"])
             if runs:
                 curves[algo] = runs
-            elif algo in previous_curves.get(env_id, {}) and (env_id, algo) in previous_rows:
-                curves[algo] = previous_curves[env_id][algo]
+            elif previous:
+                curves[algo] = previous
                 kept.add(algo)
         if not curves:
             continue
@@ -454,7 +475,7 @@ def report_variant(runs: Path) -> None:
             loaded = load_runs(env_id, algo, runs)
             if loaded:
                 a2c_level = previous_rows.get((env_id, "a2c"), {}).get("training_return_mean")
-                rows.append(table_row(env_id, algo, loaded, a2c_level, runs))
+                rows.append(table_row(env_id, algo, loaded, a2c_level))
     print_table(rows)
 
 
@@ -476,7 +497,7 @@ def print_table(rows: list[dict]) -> None:
             f"{fmt(row['mean_return_mean'], 1)} ± {fmt(row['mean_return_std'], 1)} | "
             f"{fmt(row['final_return_mean'], 1)} ± {fmt(row['final_return_std'], 1)} | "
             f"{fmt(row['training_return_mean'], 1)} ± {fmt(row['training_return_std'], 1)} | "
-            f"{row['reached_a2c_level']} / {row['seeds']}: {fmt(row['steps_to_a2c_level_mean'])} ± "
+            f"{row['reached_a2c_level']} / {row['a2c_level_seeds']}: {fmt(row['steps_to_a2c_level_mean'])} ± "
             f"{fmt(row['steps_to_a2c_level_std'])} | {fmt(row['fps_mean'])} |"
         )
 
@@ -569,9 +590,12 @@ def main() -> None:
     )
     report_parser = commands.add_parser("report", help="aggregate the finished runs")
     report_parser.add_argument("--runs", type=Path, help="print the table of the runs in this folder instead")
+    report_parser.add_argument(
+        "--keep-seeds", action="store_true", help="keep the last report's runs of the seeds that have no run here"
+    )
     args = parser.parse_args()
     if args.command == "report":
-        report_variant(args.runs.resolve()) if args.runs else report()
+        report_variant(args.runs.resolve()) if args.runs else report(args.keep_seeds)
         return
     if args.params and args.runs is None:
         parser.error("--params needs --runs: the default folder holds the sections' runs, which report aggregates")

@@ -67,6 +67,20 @@ def test_sample_efficiency_runs_resumes_and_reports(
     assert again["table"] == table
     assert again["curves"]["CartPole-v1"]["a2c"][0]["returns"] == first_curves["CartPole-v1"]["a2c"][0]["returns"]
 
+    # A further seed joins the last report's seeds with --keep-seeds; without, the runs here make the row.
+    sample_efficiency.train("CartPole-v1", "acktr", 1, None)
+    for path in sorted((tmp_path / "runs" / "CartPole-v1" / "acktr" / "seed_0").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    sample_efficiency.report(keep_seeds=True)
+    merged = json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())
+    assert [run["seed"] for run in merged["curves"]["CartPole-v1"]["acktr"]] == [0, 1]
+    assert merged["curves"]["CartPole-v1"]["acktr"][0] == first_curves["CartPole-v1"]["acktr"][0]
+    assert merged["table"][0]["seeds"] == merged["table"][0]["a2c_level_seeds"] == 2
+    sample_efficiency.report()
+    alone = json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())
+    assert [run["seed"] for run in alone["curves"]["CartPole-v1"]["acktr"]] == [1] and alone["table"][0]["seeds"] == 1
+    table = alone["table"]
+
     # Other settings: their own folder, their own table against A2C's last level; the report's files stay as they were.
     variant = tmp_path / "variant"
     sample_efficiency.train("CartPole-v1", "acktr", 0, None, ["vf_kl_clip:0.003"], variant)
@@ -297,6 +311,8 @@ def test_timesteps_to_training_return_reads_the_running_mean(tmp_path: Path, lev
     (tmp_path / "1.monitor.csv").write_text('#{"t_start": 0}\nr,l,t\n2.0,400,15.0\n4.0,400,25.0\n')
     # Running means over 2 episodes: 1.5 at 15 s, 2.5 at 20 s, 3.5 at 25 s.
     assert sample_efficiency.timesteps_to_training_return(tmp_path, level, episodes=2) == expected
+    # Each new high of the running mean, at env 0's step count when it ended (its clock stops at 20 s).
+    assert sample_efficiency.training_return_records(tmp_path, episodes=2) == [(1200, 1.5), (1600, 2.5), (1600, 3.5)]
     quarter = None if expected is None else expected // 4
     assert sample_efficiency.timesteps_to_training_return(tmp_path, level, frame_skip=4, episodes=2) == quarter
     assert sample_efficiency.final_training_return(tmp_path, episodes=2) == 3.5
