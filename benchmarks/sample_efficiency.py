@@ -335,13 +335,6 @@ def first_reaching(records: Sequence[Sequence[float]], level: float) -> int | No
     return next((int(step) for step, mean in records if mean >= level), None)
 
 
-def timesteps_to_training_return(
-    run: Path | Sequence[Segment], level: float, frame_skip: int = 1, episodes: int = 100
-) -> int | None:
-    """First timestep at which the mean return of the last ``episodes`` training episodes was at least ``level``."""
-    return first_reaching(training_return_records(run, frame_skip, episodes), level)
-
-
 def load_run(env_id: str, algo: str, seed: int, runs: Path | None = None) -> dict | None:
     directory = run_directory(env_id, algo, seed, runs)
     if not (directory / "done.json").is_file():

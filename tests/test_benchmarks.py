@@ -225,7 +225,7 @@ def test_a_cut_run_resumes_from_its_last_checkpoint_and_reads_as_one(tmp_path: P
         [1.0, 50.0, 5.0], [2.0, 100.0, 15.0], [4.0, 100.0, 28.0], [5.0, 100.0, 36.0]
     ]  # fmt: skip
     assert sample_efficiency.wall_clock_at(segments, np.array([150, 300, 400])).tolist() == [15.0, 28.0, 36.0]
-    assert sample_efficiency.timesteps_to_training_return(segments, 4.5, episodes=2) == 400
+    assert sample_efficiency.first_reaching(sample_efficiency.training_return_records(segments, episodes=2), 4.5) == 400
 
     # Nothing to resume from: the run starts again.
     for checkpoint in zoo.glob("*/rl_model_*"):
@@ -305,17 +305,26 @@ def test_critic_curvature_rejects_an_update_without_statistics() -> None:
 
 
 @pytest.mark.parametrize("level, expected", [(0.0, 1200), (2.5, 1600), (5.0, None)])
-def test_timesteps_to_training_return_reads_the_running_mean(tmp_path: Path, level: float, expected: int | None) -> None:
+def test_training_return_records_read_the_running_mean(tmp_path: Path, level: float, expected: int | None) -> None:
     """Episode returns 1, 2, 3, 4 end at 10, 15, 20, 25 s (envs 0, 1, 0, 1); env 0 has taken 800 timesteps at 10 s."""
     (tmp_path / "0.monitor.csv").write_text('#{"t_start": 0}\nr,l,t\n1.0,400,10.0\n3.0,400,20.0\n')
     (tmp_path / "1.monitor.csv").write_text('#{"t_start": 0}\nr,l,t\n2.0,400,15.0\n4.0,400,25.0\n')
     # Running means over 2 episodes: 1.5 at 15 s, 2.5 at 20 s, 3.5 at 25 s.
-    assert sample_efficiency.timesteps_to_training_return(tmp_path, level, episodes=2) == expected
+    records = sample_efficiency.training_return_records(tmp_path, episodes=2)
+    assert sample_efficiency.first_reaching(records, level) == expected
     # Each new high of the running mean, at env 0's step count when it ended (its clock stops at 20 s).
-    assert sample_efficiency.training_return_records(tmp_path, episodes=2) == [(1200, 1.5), (1600, 2.5), (1600, 3.5)]
+    assert records == [(1200, 1.5), (1600, 2.5), (1600, 3.5)]
     quarter = None if expected is None else expected // 4
-    assert sample_efficiency.timesteps_to_training_return(tmp_path, level, frame_skip=4, episodes=2) == quarter
+    quarter_records = sample_efficiency.training_return_records(tmp_path, frame_skip=4, episodes=2)
+    assert sample_efficiency.first_reaching(quarter_records, level) == quarter
     assert sample_efficiency.final_training_return(tmp_path, episodes=2) == 3.5
+
+
+def test_training_return_records_keep_only_new_highs(tmp_path: Path) -> None:
+    (tmp_path / "0.monitor.csv").write_text('#{"t_start": 0}\nr,l,t\n3.0,100,1.0\n1.0,100,2.0\n3.0,100,3.0\n5.0,100,4.0\n')
+    records = sample_efficiency.training_return_records(tmp_path, episodes=1)
+    assert records == [(100, 3.0), (400, 5.0)]
+    assert [sample_efficiency.first_reaching(records, level) for level in (1.0, 3.0, 4.0, 6.0)] == [100, 100, 400, None]
 
 
 def test_subset_statistics_compares_subset_and_whole_rollout_factors() -> None:
