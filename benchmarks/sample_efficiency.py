@@ -30,6 +30,7 @@ import csv
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -420,6 +421,11 @@ def previous_results() -> tuple[dict[tuple[str, str], dict], dict[str, dict[str,
     return {(row["env"], row["algo"]): row for row in previous["table"]}, previous["curves"]
 
 
+def compact_json(value: object) -> str:
+    """JSON indented by one space, with each list of numbers (curves, records) on one line."""
+    return re.sub(r"\[[^\[\]{}\"]*\]", lambda match: json.dumps(json.loads(match.group())), json.dumps(value, indent=1))
+
+
 def report(keep_seeds: bool = False) -> None:
     """
     Aggregate the finished runs of this machine; a task and algorithm without any keeps its row and curves from the
@@ -450,7 +456,7 @@ def report(keep_seeds: bool = False) -> None:
         summary[env_id] = curves
         plot(env_id, curves)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sample_efficiency.json").write_text(json.dumps(dict(table=rows, curves=summary), indent=1))
+    (RESULTS / "sample_efficiency.json").write_text(compact_json(dict(table=rows, curves=summary)))
     with open(RESULTS / "sample_efficiency.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()

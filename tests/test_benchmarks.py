@@ -96,6 +96,13 @@ def test_sample_efficiency_runs_resumes_and_reports(
         sample_efficiency.write_readme_table(table)
 
 
+def test_compact_json_puts_each_list_of_numbers_on_one_line() -> None:
+    value = dict(table=[dict(env="a [b]", steps=None)], curves=dict(a=[dict(returns=[1.5, -2.0], records=[[3, 4.5]])]))
+    text = sample_efficiency.compact_json(value)
+    assert json.loads(text) == value
+    assert '"returns": [1.5, -2.0]' in text and "[3, 4.5]" in text and '"env": "a [b]"' in text
+
+
 def test_the_readme_table_is_the_reports() -> None:
     report = json.loads((sample_efficiency.RESULTS / "sample_efficiency.json").read_text())
     readme = sample_efficiency.README.read_text()
