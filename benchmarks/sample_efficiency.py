@@ -423,7 +423,8 @@ def previous_results() -> tuple[dict[tuple[str, str], dict], dict[str, dict[str,
 
 def compact_json(value: object) -> str:
     """JSON indented by one space, with each list of numbers (curves, records) on one line."""
-    return re.sub(r"\[[^\[\]{}\"]*\]", lambda match: json.dumps(json.loads(match.group())), json.dumps(value, indent=1))
+    numbers = r"\[\n(?:\s*(?:-?[\d.eE+-]+|null),?\n)*\s*\]"  # multi-line, so never within a string
+    return re.sub(numbers, lambda match: json.dumps(json.loads(match.group())), json.dumps(value, indent=1))
 
 
 def report(keep_seeds: bool = False) -> None:
