@@ -539,15 +539,20 @@ def readme_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_parts(text: str) -> tuple[str, str, str]:
+    """The README's text before its results table (start marker included), the table, and the text from its end marker."""
+    start, end = README_MARKERS
+    head, found_start, rest = text.partition(start)
+    table, found_end, tail = rest.partition(end)
+    if not (found_start and found_end):
+        raise ValueError(f"{README} has no results table between {start.strip()} and {end}")
+    return head + start, table, end + tail
+
+
 def write_readme_table(rows: list[dict]) -> None:
     """Replace the README's results table (between its markers) with the one of ``rows``."""
-    text = README.read_text()
-    start, end = README_MARKERS
-    if start not in text or end not in text.split(start, 1)[1]:
-        raise ValueError(f"{README} has no results table between {start.strip()} and {end}")
-    head, rest = text.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    README.write_text(f"{head}{start}{readme_table(rows)}{end}{tail}")
+    head, _, tail = readme_parts(README.read_text())
+    README.write_text(f"{head}{readme_table(rows)}{tail}")
 
 
 def plot(env_id: str, curves: dict[str, list[dict]]) -> None:
