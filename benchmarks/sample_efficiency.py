@@ -5,6 +5,7 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
     python benchmarks/sample_efficiency.py run --env CartPole-v1 --seeds 0 1 2 3 4     # resumable (done runs are kept)
     python benchmarks/sample_efficiency.py report                                      # table, JSON, CSV and plots
     python benchmarks/sample_efficiency.py report --keep-seeds       # with the last report's runs of seeds not run here
+    python benchmarks/sample_efficiency.py final --env Hopper-v5 --algo acktr --episodes 50   # the final policies, again
     python benchmarks/sample_efficiency.py run --env BreakoutNoFrameskip-v4 --algos acktr --seeds 0 \
         --params stats_batch_size:160 --runs benchmarks/results/runs/_variants/stats_batch_size_160   # other settings
 
@@ -23,6 +24,9 @@ over the whole run (area under the curve: it also rewards staying above the thre
 training episodes (from the Monitor files: stochastic actions, full games, many more episodes than the evaluations) and
 the timesteps at which that running mean first reached A2C's final one (averaged over A2C's seeds): a ratio of sample
 efficiency where the threshold is out of reach within the budget.
+``final`` evaluates the final policy of each finished run again over more episodes (deterministic actions, on an
+environment seeded apart from training's and the evaluations'): the benchmark's final evaluation has 5 or 10 episodes,
+too few on tasks whose episodes end early at random (Hopper).
 """
 
 import argparse
@@ -74,6 +78,8 @@ README_ROWS: dict[str, tuple[str, str]] = {
     "Walker2d-v5": ("Walker2d-v5", "final"),
 }
 README_MARKERS = ("<!-- results-table-start -->\n", "<!-- results-table-end -->")
+# The environment of ``final`` (the evaluations during training use rl-zoo3's seeds, from the training seed up).
+FINAL_EVALUATION_SEED = 10_000
 # Runs of at least this many timesteps save a checkpoint every CHECKPOINT_FREQ timesteps, from which a cut run resumes.
 CHECKPOINT_FREQ = 100_000
 
@@ -479,6 +485,43 @@ def report_variant(runs: Path) -> None:
     print_table(rows)
 
 
+def final_policy_returns(env_id: str, algo: str, seed: int, episodes: int, runs: Path | None = None) -> list[float]:
+    """
+    Returns of ``episodes`` deterministic episodes of the final policy of a finished run (its last zoo folder's model
+    and normalisation statistics), on an environment seeded with ``FINAL_EVALUATION_SEED + seed``.
+    """
+    if task_frame_skip(env_id) != 1:
+        raise ValueError(f"{env_id}: final evaluates tasks without frame skipping only (rl-zoo3 samples Atari actions)")
+    from rl_zoo3.utils import create_test_env, get_saved_hyperparams
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from sb3_acktr import ACKTR
+
+    directory = run_directory(env_id, algo, seed, runs)
+    if not (directory / "done.json").is_file():
+        raise FileNotFoundError(f"{directory}: no finished run")
+    folder = zoo_run_folders(directory, algo, env_id)[-1]
+    hyperparams, stats_path = get_saved_hyperparams(str(folder / env_id), test_mode=True)
+    env = create_test_env(
+        env_id, stats_path=stats_path, seed=FINAL_EVALUATION_SEED + seed, should_render=False, hyperparams=hyperparams
+    )
+    model = dict(acktr=ACKTR, a2c=A2C, ppo=PPO)[algo].load(folder / f"{env_id}.zip", device="cpu")
+    returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
+    env.close()
+    return [float(value) for value in returns]
+
+
+def print_final_policies(env_id: str, algo: str, seeds: list[int], episodes: int, runs: Path | None = None) -> None:
+    """Each seed's final policy over ``episodes`` episodes, and the mean and standard deviation of the seeds' means."""
+    means = []
+    for seed in seeds:
+        returns = final_policy_returns(env_id, algo, seed, episodes, runs)
+        means.append(float(np.mean(returns)))
+        print(f"{env_id} {algo} seed {seed}: {np.mean(returns):,.1f} ± {np.std(returns):,.1f} over {episodes} episodes")
+    print(f"{env_id} {algo} seeds {' '.join(map(str, seeds))}: {np.mean(means):,.1f} ± {np.std(means):,.1f}")
+
+
 def fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -598,7 +641,16 @@ def main() -> None:
     report_parser.add_argument(
         "--keep-seeds", action="store_true", help="keep the last report's runs of the seeds that have no run here"
     )
+    final = commands.add_parser("final", help="evaluate the final policies of finished runs again, over more episodes")
+    final.add_argument("--env", required=True, choices=[env_id for env_id in TASKS if task_frame_skip(env_id) == 1])
+    final.add_argument("--algo", default="acktr", choices=ALGOS)
+    final.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    final.add_argument("--episodes", type=int, default=50)
+    final.add_argument("--runs", type=Path, help=f"folder of the runs (default: {RUNS.relative_to(ROOT)})")
     args = parser.parse_args()
+    if args.command == "final":
+        print_final_policies(args.env, args.algo, args.seeds, args.episodes, args.runs.resolve() if args.runs else None)
+        return
     if args.command == "report":
         report_variant(args.runs.resolve()) if args.runs else report(args.keep_seeds)
         return

@@ -91,6 +91,15 @@ def test_sample_efficiency_runs_resumes_and_reports(
     assert len(printed) == 3 and printed[2].startswith("| CartPole-v1") and "| acktr | " in printed[2]
     assert json.loads((tmp_path / "results" / "sample_efficiency.json").read_text())["table"] == table
 
+    # The final policy again, over more episodes: the same episodes each time (a seeded environment, greedy actions).
+    returns = sample_efficiency.final_policy_returns("CartPole-v1", "acktr", 0, 3, variant)
+    assert len(returns) == 3 and all(8 <= value <= 500 for value in returns)
+    assert sample_efficiency.final_policy_returns("CartPole-v1", "acktr", 0, 3, variant) == returns
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        sample_efficiency.final_policy_returns("CartPole-v1", "acktr", 7, 3, variant)
+    with pytest.raises(ValueError, match="frame skipping"):
+        sample_efficiency.final_policy_returns("BreakoutNoFrameskip-v4", "acktr", 0, 3, variant)
+
     readme.write_text("No table here.\n")
     with pytest.raises(ValueError, match="no results table"):
         sample_efficiency.write_readme_table(table)
