@@ -27,6 +27,8 @@ def main() -> None:
         kl_clip=lambda progress_remaining: 0.003 * progress_remaining,
         vf_kl_clip=0.03,
         n_critic_updates=3,
+        n_steps=10,
+        momentum=0.5,
         ent_coef=0.0,
         seed=args.seed,
         verbose=0,
