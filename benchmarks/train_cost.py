@@ -15,8 +15,8 @@ Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureC
 ``mlp-8x20-every-update`` at every update (not every 4, the default without convolutions), in ``cnn-32x20-every-patch``
 ACKTR's convolution input factors come from every patch (no sampling) of the whole rollout, in ``cnn-32x20-naturecnn``
 ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's Atari section, in
-``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x20-zoo`` those of the
-CartPole-v1 section, in ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic steps), in
+``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x10-zoo`` those of the
+CartPole-v1 section (``mlp-8x20-zoo``: on rollouts of 20 steps, as before the section's 10), in ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic steps), in
 ``mlp-8x128-lunarlander-zoo``, ``mlp-1x2048-halfcheetah-zoo`` and ``mlp-1x2048-hopper-zoo`` those of these tasks'
 sections (in the last two A2C runs on ACKTR's 256-256 networks too: the same network), in ``cnn-32x20-cheap`` reduced
 conv factors, factored damping, statistics every 4 updates and inverses every 100 (each timed over at least one inverse
@@ -61,6 +61,7 @@ def zoo_settings(name: str) -> dict:
         "n_critic_updates",
         "target_kl",
         "normalize_advantage",
+        "momentum",
     )
     settings = preprocess_trust_region_schedules({key: section[key] for key in keys if key in section})
     if "policy_kwargs" in section:
@@ -104,6 +105,7 @@ CASES: dict[str, dict[str, Any]] = {
     "mlp-8x20": mlp_case("CartPole-v1", 8, 20),
     "mlp-8x20-every-update": mlp_case("CartPole-v1", 8, 20, stats_update_interval=1),
     "mlp-8x20-zoo": mlp_case("CartPole-v1", 8, 20, **zoo_settings("CartPole-v1")),
+    "mlp-8x10-zoo": mlp_case("CartPole-v1", 8, 10, **zoo_settings("CartPole-v1")),
     "mlp-16x20-acrobot-zoo": mlp_case("Acrobot-v1", 16, 20, **zoo_settings("Acrobot-v1")),
     "mlp-8x128-lunarlander-zoo": mlp_case("LunarLander-v3", 8, 128, **zoo_settings("LunarLander-v3")),
     "mlp-1x2048-halfcheetah-zoo": same_network(mlp_case("HalfCheetah-v5", 1, 2048, **zoo_settings("HalfCheetah-v5"))),
