@@ -495,6 +495,7 @@ def final_policy_returns(env_id: str, algo: str, seed: int, episodes: int, runs:
     from rl_zoo3.utils import create_test_env, get_saved_hyperparams
     from stable_baselines3 import A2C, PPO
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
     from sb3_acktr import ACKTR
 
@@ -506,9 +507,12 @@ def final_policy_returns(env_id: str, algo: str, seed: int, episodes: int, runs:
     env = create_test_env(
         env_id, stats_path=stats_path, seed=FINAL_EVALUATION_SEED + seed, should_render=False, hyperparams=hyperparams
     )
-    model = dict(acktr=ACKTR, a2c=A2C, ppo=PPO)[algo].load(folder / f"{env_id}.zip", device="cpu")
+    algorithms: dict[str, type[OnPolicyAlgorithm]] = dict(acktr=ACKTR, a2c=A2C, ppo=PPO)
+    algorithm = algorithms[algo]
+    model = algorithm.load(folder / f"{env_id}.zip", device="cpu")
     returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
     env.close()
+    assert isinstance(returns, list)
     return [float(value) for value in returns]
 
 

@@ -16,11 +16,11 @@ Both algorithms use their defaults except ``n_steps`` (A2C's RMSprop and NatureC
 ACKTR's convolution input factors come from every patch (no sampling) of the whole rollout, in ``cnn-32x20-naturecnn``
 ACKTR uses NatureCNN too, in ``cnn-32x20-zoo`` the trust region and K-FAC settings of the zoo's Atari section, in
 ``cnn-32x20-zoo-64`` those with the statistics on 64 examples of the rollout, in ``mlp-8x10-zoo`` those of the
-CartPole-v1 section (``mlp-8x20-zoo``: on rollouts of 20 steps, as before the section's 10), in ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic steps), in
-``mlp-8x128-lunarlander-zoo``, ``mlp-1x2048-halfcheetah-zoo`` and ``mlp-1x2048-hopper-zoo`` those of these tasks'
-sections (in the last two A2C runs on ACKTR's 256-256 networks too: the same network), in ``cnn-32x20-cheap`` reduced
-conv factors, factored damping, statistics every 4 updates and inverses every 100 (each timed over at least one inverse
-refresh interval).
+CartPole-v1 section (``mlp-8x20-zoo``: on rollouts of 20 steps, as before the section's 10), in
+``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic steps), in ``mlp-8x128-lunarlander-zoo``,
+``mlp-1x2048-halfcheetah-zoo`` and ``mlp-1x2048-hopper-zoo`` those of these tasks' sections (in the last two A2C runs on
+ACKTR's 256-256 networks too: the same network), in ``cnn-32x20-cheap`` reduced conv factors, factored damping,
+statistics every 4 updates and inverses every 100 (each timed over at least one inverse refresh interval).
 """
 
 import argparse
