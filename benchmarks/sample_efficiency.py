@@ -78,7 +78,7 @@ README_ROWS: dict[str, tuple[str, str]] = {
     "Walker2d-v5": ("Walker2d-v5", "final"),
 }
 README_MARKERS = ("<!-- results-table-start -->\n", "<!-- results-table-end -->")
-# The environment of ``final`` (the evaluations during training use rl-zoo3's seeds, from the training seed up).
+# ``final`` seeds its environment with this plus the run's seed, apart from the seeds rl-zoo3 gives training's envs.
 FINAL_EVALUATION_SEED = 10_000
 # Runs of at least this many timesteps save a checkpoint every CHECKPOINT_FREQ timesteps, from which a cut run resumes.
 CHECKPOINT_FREQ = 100_000
