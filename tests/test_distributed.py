@@ -80,6 +80,12 @@ def _join_ranks(rank: int, init_file: str, backend: str = "gloo") -> None:
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
 
 
+def _leave_ranks() -> None:
+    # Without the barrier a rank could tear gloo down while its peer still talks to it: std::terminate (SIGABRT).
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _train_on_share(rank: int, init_file: str, out: str) -> None:
     damping_mode, backend = (Path(out) / "settings").read_text().split()
     _join_ranks(rank, init_file, backend)
@@ -88,7 +94,7 @@ def _train_on_share(rank: int, init_file: str, out: str) -> None:
     kfac = kfac_for(model, damping_mode, dist.group.WORLD)
     batches = [tuple(tensor.to(device) for tensor in batch) for batch in make_batches()]
     th.save(train(kfac, model, batches, share(rank)).cpu(), Path(out) / f"rank_{rank}.pt")
-    dist.destroy_process_group()
+    _leave_ranks()
 
 
 def _train_with_one_rank_nonfinite(rank: int, init_file: str, out: str) -> None:
@@ -100,7 +106,7 @@ def _train_with_one_rank_nonfinite(rank: int, init_file: str, out: str) -> None:
         batches[1][1][share(rank).start, 0] = float("inf")  # in this rank's Fisher loss of the second update
     parameters = train(kfac, model, batches, share(rank))
     th.save((parameters, kfac.counters), Path(out) / f"rank_{rank}.pt")
-    dist.destroy_process_group()
+    _leave_ranks()
 
 
 def run_ranks(worker, tmp_path: Path, timeout: float = 120.0) -> list:
@@ -185,7 +191,7 @@ def _train_acktr(rank: int, init_file: str, out: str) -> None:
         moments=moments,
     )
     th.save(result, Path(out) / f"rank_{rank}.pt")
-    dist.destroy_process_group()
+    _leave_ranks()
 
 
 def _train_with_adaptive_step_and_critic_steps(rank: int, init_file: str, out: str) -> None:
@@ -197,7 +203,7 @@ def _train_with_adaptive_step_and_critic_steps(rank: int, init_file: str, out: s
     parameters = th.cat([param.detach().reshape(-1) for param in model.policy.parameters()])
     result = dict(parameters=parameters, factor=model.step_size_factor, kfac_steps=model.kfac.n_steps)
     th.save(result, Path(out) / f"rank_{rank}.pt")
-    dist.destroy_process_group()
+    _leave_ranks()
 
 
 def _stop_and_unequal_rollouts(rank: int, init_file: str, out: str) -> None:
@@ -213,7 +219,7 @@ def _stop_and_unequal_rollouts(rank: int, init_file: str, out: str) -> None:
     except ValueError as raised:
         error = str(raised)
     th.save(dict(kfac_steps=model.kfac.n_steps, error=error), Path(out) / f"rank_{rank}.pt")
-    dist.destroy_process_group()
+    _leave_ranks()
 
 
 def _continue_single_process_model(rank: int, init_file: str, out: str) -> None:
@@ -224,7 +230,7 @@ def _continue_single_process_model(rank: int, init_file: str, out: str) -> None:
     parameters = th.cat([param.detach().reshape(-1) for param in model.policy.parameters()])
     draw = th.rand(1)  # after as many draws on every rank
     th.save(dict(parameters=parameters, kfac_steps=model.kfac.n_steps, draw=draw), Path(out) / f"rank_{rank}.pt")
-    dist.destroy_process_group()
+    _leave_ranks()
 
 
 def test_model_of_one_process_continues_on_several(tmp_path: Path) -> None:
