@@ -18,7 +18,7 @@ def main() -> None:
     args = parser.parse_args()
     save_dir = Path(args.save_dir)
 
-    # The tuned CartPole-v1 settings of hyperparams/acktr.yml; the best model of periodic evaluations is kept too.
+    # The CartPole-v1 section of hyperparams/acktr.yml; the best model of periodic evaluations is kept too.
     env = make_vec_env("CartPole-v1", n_envs=8, seed=args.seed)
     model = ACKTR(
         "MlpPolicy",

@@ -44,6 +44,7 @@ def main() -> None:
     model.learn(total_timesteps=args.timesteps, callback=callback, log_interval=10)
     model.save(Path(args.save_dir) / "final_model")  # written by rank 0 only
     if dist.is_initialized():
+        dist.barrier()  # no rank leaves the group while another still talks to it
         dist.destroy_process_group()
 
 

@@ -1,19 +1,25 @@
 """
 Every Python block of the README and of the documentation runs (with at most ``MAX_TIMESTEPS`` of training), and so
 does every documented ``python -m sb3_acktr.zoo`` command (with a short budget). The install and ``make`` commands are
-what the continuous integration runs; the benchmark commands have their own tests (``tests/test_benchmarks.py``).
+what the continuous integration runs; the benchmark commands have their own tests (``tests/test_benchmarks.py``). A
+block or example that says it trains with a section of the zoo file builds the model the zoo builds from that section.
 """
 
+import inspect
 import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rl_zoo3.utils import SimpleLinearSchedule
+from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_acktr import ACKTR
+from sb3_acktr.zoo import hyperparameter_sections, preprocess_trust_region_schedules, section_policy_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -116,3 +122,87 @@ def test_zoo_commands_run(location: str, commands: list[list[str]], tmp_path: Pa
             timeout=600,
         )
         assert result.returncode == 0, f"{location}: {' '.join(arguments)}\n{result.stderr[-3000:]}"
+
+
+SECTION_CLAIM = re.compile(r"The (\S+) section of hyperparams/acktr\.yml")
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+# Arguments that say how a model runs and logs, not what it learns with.
+RUN_ARGUMENTS = {
+    "self", "policy", "env", "verbose", "seed", "device", "tensorboard_log", "stats_window_size", "_init_setup_model",
+}  # fmt: skip
+
+
+class LearnCalled(Exception):
+    """Raised by ``learn`` in place of training: the model that a document built and the budget it asked for."""
+
+    def __init__(self, model: ACKTR, total_timesteps: int) -> None:
+        super().__init__()
+        self.model = model
+        self.total_timesteps = total_timesteps
+
+
+def section_claims() -> list[tuple[str, str, str]]:
+    """The Python blocks and examples that say they train with a section of the zoo file: location, section, code."""
+    claims = [(location, match.group(1), code) for location, code in BLOCKS if (match := SECTION_CLAIM.search(code))]
+    for example in EXAMPLES:
+        code = example.read_text()
+        if match := SECTION_CLAIM.search(code):
+            claims.append((str(example.relative_to(ROOT)), match.group(1), code))
+    return claims
+
+
+SECTION_CLAIMS = section_claims()
+
+
+def setting_of(model: ACKTR, name: str) -> Any:
+    """A constructor argument as the model holds it (the statistics interval as resolved for its network)."""
+    return model.kfac.stats_update_interval if name == "stats_update_interval" else getattr(model, name)
+
+
+def at_progress(setting: Any, progress_remaining: float) -> Any:
+    """A setting's value at a point of the run (a schedule's value there; a class is a setting, not a schedule)."""
+    return setting(progress_remaining) if callable(setting) and not isinstance(setting, type) else setting
+
+
+def section_model(env_id: str, section: dict[str, Any]) -> tuple[ACKTR, int]:
+    """The model that ``python -m sb3_acktr.zoo train --env env_id`` builds from a section (no normalisation), its budget."""
+    assert not section.get("normalize", False), "compare the VecNormalize wrapper too before claiming such a section"
+    kwargs = {key: value for key, value in section.items() if key not in ("n_timesteps", "policy", "n_envs", "normalize")}
+    if isinstance(kwargs.get("learning_rate"), str):
+        kwargs["learning_rate"] = SimpleLinearSchedule(float(kwargs["learning_rate"].removeprefix("lin_")))
+    if "policy_kwargs" in kwargs:
+        kwargs["policy_kwargs"] = section_policy_kwargs(kwargs["policy_kwargs"])
+    env = make_vec_env(env_id, n_envs=section.get("n_envs", 1))
+    return ACKTR(section["policy"], env, **preprocess_trust_region_schedules(kwargs)), int(section["n_timesteps"])
+
+
+def test_the_documents_claim_sections() -> None:
+    assert {(location.split(":")[0], section) for location, section, _ in SECTION_CLAIMS} >= {
+        ("README.md", "CartPole-v1"),
+        ("docs/guide/quickstart.md", "CartPole-v1"),
+        ("examples/quickstart.py", "CartPole-v1"),
+    }
+
+
+@pytest.mark.parametrize("location, env_id, code", SECTION_CLAIMS, ids=[location for location, _, _ in SECTION_CLAIMS])
+def test_a_claimed_section_is_what_trains(location: str, env_id: str, code: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block or example that says it trains with a section builds the model the zoo builds from it, for its budget."""
+
+    def stop_at_learn(self: ACKTR, total_timesteps: int, *args, **kwargs) -> ACKTR:
+        raise LearnCalled(self, total_timesteps)
+
+    monkeypatch.setattr(ACKTR, "learn", stop_at_learn)
+    monkeypatch.setattr(sys, "argv", [location])
+    with pytest.raises(LearnCalled) as called:
+        exec(compile(code, location, "exec"), {"__name__": "__main__"})
+    model, total_timesteps = called.value.model, called.value.total_timesteps
+    reference, budget = section_model(env_id, hyperparameter_sections()[env_id])
+
+    assert total_timesteps == budget
+    assert (model.policy_class, model.n_envs) == (reference.policy_class, reference.n_envs)
+    for name in inspect.signature(ACKTR.__init__).parameters.keys() - RUN_ARGUMENTS:
+        for progress_remaining in (1.0, 0.5, 0.1):
+            documented, zoo = (at_progress(setting_of(m, name), progress_remaining) for m in (model, reference))
+            assert documented == pytest.approx(zoo) if isinstance(zoo, float) else documented == zoo, (
+                f"{location}: {name} at progress remaining {progress_remaining} is {documented!r}, section {env_id}: {zoo!r}"
+            )
