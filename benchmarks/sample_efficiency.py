@@ -428,9 +428,15 @@ def previous_results() -> tuple[dict[tuple[str, str], dict], dict[str, dict[str,
 
 
 def compact_json(value: object) -> str:
-    """JSON indented by one space, with each list of numbers (curves, records) on one line."""
-    numbers = r"\[\n(?:\s*(?:-?[\d.eE+-]+|null),?\n)*\s*\]"  # multi-line, so never within a string
-    return re.sub(numbers, lambda match: json.dumps(json.loads(match.group())), json.dumps(value, indent=1))
+    """JSON indented by one space, with each list of numbers (curves) and each list of such lists (records) on one line."""
+    number = r"-?[\d.eE+-]+|null"
+    numbers = rf"\[\n(?:\s*(?:{number}),?\n)*\s*\]"  # multi-line, so never within a string
+    lists_of_numbers = rf"\[\n(?:\s*\[(?:{number}|, )*\],?\n)*\s*\]"  # once the inner lists are on one line
+
+    def one_line(match: re.Match) -> str:
+        return json.dumps(json.loads(match.group()))
+
+    return re.sub(lists_of_numbers, one_line, re.sub(numbers, one_line, json.dumps(value, indent=1)))
 
 
 def report(keep_seeds: bool = False) -> None:

@@ -105,13 +105,13 @@ def test_sample_efficiency_runs_resumes_and_reports(
         sample_efficiency.write_readme_table(table)
 
 
-def test_compact_json_puts_each_list_of_numbers_on_one_line() -> None:
+def test_compact_json_puts_each_list_of_numbers_or_of_their_lists_on_one_line() -> None:
     value = dict(
-        table=[dict(env="a [1,2]", steps=None)], curves=dict(a=[dict(returns=[1.5, -2e-05, None], records=[[3, 4.5]])])
+        table=[dict(env="a [1,2]", steps=None)], curves=dict(a=[dict(returns=[1.5, -2e-05, None], records=[[3, 4.5], [7, 8]])])
     )
     text = sample_efficiency.compact_json(value)
     assert json.loads(text) == value
-    assert '"returns": [1.5, -2e-05, null]' in text and "[3, 4.5]" in text and '"env": "a [1,2]"' in text
+    assert '"returns": [1.5, -2e-05, null]' in text and '"records": [[3, 4.5], [7, 8]]' in text and '"env": "a [1,2]"' in text
 
 
 def test_the_readme_table_is_the_reports() -> None:
