@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rl_zoo3.utils import SimpleLinearSchedule
+from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_acktr import ACKTR
-from sb3_acktr.zoo import hyperparameter_sections, preprocess_trust_region_schedules, section_policy_kwargs
+from sb3_acktr.zoo import hyperparameter_sections, register, section_policy_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -168,12 +168,12 @@ def section_model(env_id: str, section: dict[str, Any]) -> tuple[ACKTR, int]:
     """The model that ``python -m sb3_acktr.zoo train --env env_id`` builds from a section (no normalisation), its budget."""
     assert not section.get("normalize", False), "compare the VecNormalize wrapper too before claiming such a section"
     kwargs = {key: value for key, value in section.items() if key not in ("n_timesteps", "policy", "n_envs", "normalize")}
-    if isinstance(kwargs.get("learning_rate"), str):
-        kwargs["learning_rate"] = SimpleLinearSchedule(float(kwargs["learning_rate"].removeprefix("lin_")))
+    register()  # the zoo's schedules, with ACKTR's trust-region bounds among them
+    kwargs = ExperimentManager._preprocess_schedules(kwargs)
     if "policy_kwargs" in kwargs:
         kwargs["policy_kwargs"] = section_policy_kwargs(kwargs["policy_kwargs"])
     env = make_vec_env(env_id, n_envs=section.get("n_envs", 1))
-    return ACKTR(section["policy"], env, **preprocess_trust_region_schedules(kwargs)), int(section["n_timesteps"])
+    return ACKTR(section["policy"], env, **kwargs), int(section["n_timesteps"])
 
 
 def test_the_documents_claim_sections() -> None:
