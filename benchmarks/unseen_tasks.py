@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -119,12 +120,13 @@ def train_one(env_id: str, algo: str, seed: int, params: str = "") -> dict[str, 
     task = PANEL[env_id]
     env, eval_env = make_vec_envs(env_id, seed)
     model = algorithm_class(algo)(task.policy, env, seed=seed, device="cpu", **parse_params(params))
-    evaluation = EvalCallback(
-        eval_env, eval_freq=max(task.eval_freq // N_ENVS, 1), n_eval_episodes=task.eval_episodes, verbose=0, warn=False
-    )
-    start = time.perf_counter()
-    model.learn(task.budget, callback=evaluation)
-    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as log_path:  # EvalCallback keeps its results only when it writes them
+        evaluation = EvalCallback(
+            eval_env, eval_freq=task.eval_freq // N_ENVS, n_eval_episodes=task.eval_episodes, log_path=log_path, warn=False
+        )
+        start = time.perf_counter()
+        model.learn(task.budget, callback=evaluation)
+        seconds = time.perf_counter() - start
     sync_envs_normalization(env, eval_env)
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=task.final_episodes, deterministic=True)
     return dict(
