@@ -255,6 +255,26 @@ def test_in_place_activation_gives_same_statistics() -> None:
         assert th.equal(first[1], second[1])
 
 
+@pytest.mark.parametrize("interval", [1, 4])
+def test_statistics_every_few_steps_keep_the_horizon_in_steps(interval: int) -> None:
+    """Statistics every ``interval`` steps decay the averages by ``stats_decay ** interval`` (the same span in steps)."""
+    model = small_cnn()
+    optimizer = KFAC(model, stats_decay=0.9, stats_update_interval=interval)
+    batches = [batch() for _ in range(3)]
+    for inputs, _ in batches:
+        with optimizer.capture_statistics():
+            logits = model(inputs)
+        optimizer.update_statistics(logits.pow(2).sum())
+    block = optimizer.blocks[-1]
+    rows = [th.nn.functional.pad(model[:-1](inputs), (0, 1), value=1.0) for inputs, _ in batches]
+    batch_factors = [row.T @ row / len(row) for row in rows]
+    decay = 0.9**interval
+    expected = sum(decay ** (2 - index) * (1 - decay) * factor for index, factor in enumerate(batch_factors))
+    factors = optimizer.factors(block)
+    assert factors is not None
+    th.testing.assert_close(factors[0], expected / (1 - decay**3))
+
+
 class MixedModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()

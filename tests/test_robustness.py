@@ -124,6 +124,33 @@ def test_a_nan_reward_skips_one_update_and_training_goes_on() -> None:
     assert parameters_finite(model)
 
 
+def test_a_nan_reward_skips_one_update_with_critic_steps() -> None:
+    """The critic's further steps on a non-finite batch are skipped too, but only the update counts toward the stop."""
+    env = cartpole(lambda env: FaultyReward(env, math.nan, {30}), n_envs=1)
+    model = quiet(ACKTR("MlpPolicy", env, n_steps=16, vf_kl_clip=0.01, n_critic_updates=10, seed=0))
+    model.learn(16 * 10)
+    assert model.kfac.counters["skipped_steps"] == 10  # the update's step and its nine further critic steps
+    assert model.kfac.consecutive_skipped_steps == 0
+    assert parameters_finite(model)
+
+
+def test_rewards_that_stay_non_finite_stop_training_after_ten_updates_with_critic_steps() -> None:
+    model = quiet(
+        ACKTR(
+            "MlpPolicy",
+            cartpole(lambda env: FaultyReward(env, math.nan)),
+            n_steps=8,
+            vf_kl_clip=0.01,
+            n_critic_updates=10,
+            seed=0,
+        )
+    )
+    with pytest.raises(RuntimeError, match=r"skipped the last 10 updates"):
+        model.learn(8 * 4 * 50)
+    assert model.kfac.counters["skipped_steps"] == 9 * 10 + 1  # the tenth update stops before its critic steps
+    assert parameters_finite(model)
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_rewards_that_stay_non_finite_stop_training_with_an_explanation(value: float) -> None:
     model = quiet(ACKTR("MlpPolicy", cartpole(lambda env: FaultyReward(env, value)), n_steps=8, seed=0))

@@ -697,7 +697,6 @@ class ACKTR(OnPolicyAlgorithm):
             for param, grad in zip(critic_params, grads, strict=True):
                 param.grad = grad
             kfac.step(further=True)
-            self._check_progress(kfac)
         with th.no_grad():
             fitted_loss = F.mse_loss(returns, self.policy.predict_values(observations).flatten())
         self.logger.record("train/fitted_value_loss", fitted_loss.item())

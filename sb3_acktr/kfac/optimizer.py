@@ -265,7 +265,9 @@ class KFAC(th.optim.Optimizer):
     :param momentum: momentum coefficient in [0, 1)
     :param kl_clip: trust-region bound on ``lr^2 * sum <V, grad>`` (twice the KL bound of the paper)
     :param damping: Tikhonov damping added to the Kronecker-factored Fisher
-    :param stats_decay: decay of the running averages of the factors (zero-debiased, as in kfac-jax)
+    :param stats_decay: decay per step of the running averages of the factors (zero-debiased, as in kfac-jax); with
+        statistics every ``stats_update_interval`` steps, each update of the averages decays them by
+        ``stats_decay ** stats_update_interval`` (as TF K-FAC does), so that they span the same number of steps
     :param damping_mode: ``"exact"`` (eigendecompositions) or ``"factored"`` (pi-adjusted, Cholesky inverses)
     :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
     :param patches_per_feature: in expand mode, estimate each convolution's input factor from at most this many of
@@ -368,6 +370,17 @@ class KFAC(th.optim.Optimizer):
         self._inverse_seconds = 0.0
 
     # ------------------------------------------------------------------ statistics
+    @property
+    def statistics_decay(self) -> float:
+        """
+        The decay applied at each statistics update: ``stats_decay`` per step, so ``stats_decay ** stats_update_interval``
+        when the statistics are updated every few steps. The averages then span about ``1 / (1 - stats_decay)`` steps
+        whatever the interval: factors averaged over more steps lag behind a policy whose curvature changes (a Gaussian
+        policy's output factor grows as its standard deviation shrinks), and the trust region, computed with them,
+        then admits steps whose true KL exceeds the bound.
+        """
+        return self.stats_decay**self.stats_update_interval
+
     def statistics_due(self) -> bool:
         """Whether the coming step should update the curvature statistics (every ``stats_update_interval`` steps)."""
         return self.n_steps % self.stats_update_interval == 0
@@ -457,6 +470,7 @@ class KFAC(th.optim.Optimizer):
         if not tensors_finite(outers):
             self.counters["nonfinite_statistics"] += 1
             return False
+        decay = self.statistics_decay
         averages, weights = [], []
         for block, sums in complete:
             state = self.state[block.weight]
@@ -468,11 +482,11 @@ class KFAC(th.optim.Optimizer):
             state["statistics_count"] += 1
             # The weight of all batches in the average, 1 - decay^count while the decay stays: it debiases the average
             # correctly when the decay changes (a model loaded with another stats_decay).
-            state["statistics_weight"] = self.stats_decay * state["statistics_weight"] + 1.0 - self.stats_decay
+            state["statistics_weight"] = decay * state["statistics_weight"] + 1.0 - decay
             averages += [state["A_average"], state["G_average"]]
             # The new factors are the sums divided by their counts: the divisions join the decay's product.
-            weights += [(1 - self.stats_decay) / sums[name][1] for name in ("A", "G")]
-        th._foreach_mul_(averages, self.stats_decay)
+            weights += [(1 - decay) / sums[name][1] for name in ("A", "G")]
+        th._foreach_mul_(averages, decay)
         th._foreach_add_(averages, th._foreach_mul(outers, weights))  # not in place: layers may share a sum
         return True
 
@@ -661,8 +675,9 @@ class KFAC(th.optim.Optimizer):
 
         :param closure: Not supported (K-FAC takes one step per gradient)
         :param further: A further step on the same statistics within one update (say, fitting the critic again): it
-            neither refreshes the inverses nor counts toward the statistics and inverse intervals, and the logged
-            diagnostics stay those of the update's first step. Parameters without a gradient do not move
+            neither refreshes the inverses nor counts toward the statistics and inverse intervals or the consecutive
+            skipped steps (a skipped one still counts in ``counters["skipped_steps"]``), and the logged diagnostics stay
+            those of the update's first step. Parameters without a gradient do not move
         """
         if closure is not None:
             raise ValueError("KFAC.step() takes no closure")
@@ -680,12 +695,13 @@ class KFAC(th.optim.Optimizer):
         vg_sums = trust_region_sums([[(d.natural, d.grad) for d in group_directions] for group_directions in directions])
         for prefix, vg_sum in zip(self._group_prefixes(), vg_sums, strict=True):
             diagnostics[f"{prefix}vg_sum"] = vg_sum
-        if not all(math.isfinite(vg_sum) for vg_sum in vg_sums):
+        finite = all(math.isfinite(vg_sum) for vg_sum in vg_sums)
+        if not further:  # a further step's outcome says nothing of the update's own gradient
+            self.consecutive_skipped_steps = 0 if finite else self.consecutive_skipped_steps + 1
+        if not finite:
             self.counters["skipped_steps"] += 1
-            self.consecutive_skipped_steps += 1
             diagnostics.update({f"{prefix}trust_region_scale": 0.0 for prefix in self._group_prefixes()})
         else:
-            self.consecutive_skipped_steps = 0
             for prefix, group, group_directions, vg_sum in zip(
                 self._group_prefixes(), self.param_groups, directions, vg_sums, strict=True
             ):
@@ -801,7 +817,7 @@ class KFAC(th.optim.Optimizer):
                 if key in state:
                     state[key] = unpack_symmetric(state[key])
             if "A_average" in state and "statistics_weight" not in state:  # saved before the weight was kept
-                state["statistics_weight"] = 1.0 - self.stats_decay ** state["statistics_count"]
+                state["statistics_weight"] = 1.0 - self.statistics_decay ** state["statistics_count"]
         if extra.get("conv_mode", self.conv_mode) != self.conv_mode:
             self._discard_convolution_statistics(extra["conv_mode"])
         self._restore_inverses()
