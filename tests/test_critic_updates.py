@@ -1,6 +1,7 @@
 """Further K-FAC steps on the critic within one update (``n_critic_updates``)."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -85,3 +86,13 @@ def test_saved_and_loaded_with_its_critic_updates(tmp_path) -> None:
     loaded = ACKTR.load(tmp_path / "model.zip", env=make_vec_env("Pendulum-v1", n_envs=4, seed=0))
     assert loaded.n_critic_updates == 3
     copy.deepcopy(loaded).learn(4 * 32)
+
+
+@pytest.mark.parametrize("loaded_with", [dict(n_critic_updates=3), dict(n_critic_updates=3, vf_kl_clip=0.01)])
+def test_critic_updates_loaded_onto_one_trust_region_are_refused(tmp_path, loaded_with) -> None:
+    """A model saved with one region keeps it at load (see set_parameters), so it cannot take further critic steps."""
+    env = make_vec_env("Pendulum-v1", n_envs=4, seed=0)
+    ACKTR("MlpPolicy", env, n_steps=8, vf_kl_clip=None, seed=0).save(tmp_path / "model.zip")
+    with pytest.raises(ValueError, match=r"n_critic_updates > 1 .* one trust region"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the saved layout's warning
+        ACKTR.load(tmp_path / "model.zip", env=env, **loaded_with)

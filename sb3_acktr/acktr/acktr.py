@@ -399,11 +399,7 @@ class ACKTR(OnPolicyAlgorithm):
         for name, value in (("vf_coef", vf_coef), ("ent_coef", ent_coef), ("vf_fisher_coef", vf_fisher_coef)):
             check_number(name, value, 0.0, math.inf)
         check_integer("n_critic_updates", n_critic_updates)
-        if n_critic_updates > 1 and vf_kl_clip is None:
-            raise ValueError(
-                "n_critic_updates > 1 fits the critic-only parameters in their own trust region: set vf_kl_clip (e.g. "
-                f"{DEFAULT_VF_KL_CLIP}), or keep n_critic_updates=1 with one trust region"
-            )
+        _check_critic_updates(n_critic_updates, vf_kl_clip)
         if stats_batch_size not in (None, "auto"):
             check_integer("stats_batch_size", stats_batch_size, minimum=2)
         self.normalize_advantage = normalize_advantage
@@ -500,6 +496,8 @@ class ACKTR(OnPolicyAlgorithm):
         return values
 
     def _build_optimizer(self) -> None:
+        # Again here: load() sets n_critic_updates and vf_kl_clip without the constructor, and so may the saved layout.
+        _check_critic_updates(self.n_critic_updates, self.vf_kl_clip)
         kl_clip, *vf_kl_clip = self._trust_region_bounds()
         trust_regions = []
         if vf_kl_clip:
@@ -935,6 +933,15 @@ def _check_saved_zip(path: str | pathlib.Path | io.BufferedIOBase) -> None:
         raise ValueError(
             f"{file} is not a whole model save (a zip file cut short or damaged, e.g. by a crash or a full disk while "
             f"saving: {problem}): save the model again, or load an earlier checkpoint"
+        )
+
+
+def _check_critic_updates(n_critic_updates: int, vf_kl_clip: float | Schedule | None) -> None:
+    if n_critic_updates > 1 and vf_kl_clip is None:
+        raise ValueError(
+            "n_critic_updates > 1 fits the critic-only parameters in their own trust region, but this model has one "
+            f"trust region (vf_kl_clip=None, or a model saved with one): set vf_kl_clip (e.g. {DEFAULT_VF_KL_CLIP}) "
+            "for a new model, or use n_critic_updates=1"
         )
 
 
