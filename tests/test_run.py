@@ -135,6 +135,22 @@ def test_cnn_conv_modes(conv_mode: ConvMode) -> None:
     assert parameters_finite(model)
 
 
+@pytest.mark.parametrize("low, high, shape", [(-10, 10, (1, 36, 36)), (0, 1, (4, 36, 36))])
+def test_normalized_float_images_train_as_in_sb3(low: float, high: float, shape: tuple[int, ...]) -> None:
+    """SB3's image-like input: with ``normalize_images=False``, float observations of any bounds go to the CNN as they are."""
+    space = spaces.Box(low, high, shape, np.float32)
+    env = FakeImageEnv(screen_height=36, screen_width=36, n_channels=1)
+    env.observation_space = space
+    env.reset = lambda **kwargs: (space.sample(), {})  # type: ignore[method-assign]
+    env.step = lambda action: (space.sample(), 0.0, False, False, {})  # type: ignore[method-assign]
+    model = ACKTR("CnnPolicy", env, n_steps=8, policy_kwargs=dict(normalize_images=False), seed=0)
+    assert isinstance(model.policy.features_extractor, AcktrCNN)
+    before = [param.detach().clone() for param in model.policy.features_extractor.parameters()]
+    model.learn(8 * 3)
+    moved = [not th.equal(old, new) for old, new in zip(before, model.policy.features_extractor.parameters(), strict=True)]
+    assert all(moved)
+
+
 def test_gsde_with_uncovered_parameters() -> None:
     model = ACKTR("MlpPolicy", "Pendulum-v1", n_steps=16, use_sde=True, sde_sample_freq=4, seed=0)
     assert "log_std" in model.kfac.uncovered_parameters

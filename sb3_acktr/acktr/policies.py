@@ -36,6 +36,9 @@ class CnnPolicy(ActorCriticCnnPolicy):
         features_extractor_class: type[BaseFeaturesExtractor] = AcktrCNN,
         **kwargs: Any,
     ) -> None:
+        if not kwargs.get("normalize_images", True) and issubclass(features_extractor_class, AcktrCNN):
+            # What SB3 does for NatureCNN: images that are already normalised (floats, any bounds) are taken as they are.
+            kwargs["features_extractor_kwargs"] = dict(kwargs.get("features_extractor_kwargs") or {}, normalized_image=True)
         super().__init__(
             observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
         )
