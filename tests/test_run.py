@@ -474,6 +474,16 @@ def test_training_goes_through_the_policy_hook() -> None:
     assert th.allclose(values, model.policy.predict_values(obs).flatten())  # training sees the rollouts' values
 
 
+def test_the_critics_further_steps_go_through_the_policy_hook() -> None:
+    model = ACKTR(DoubledValuePolicyWithHook, "CartPole-v1", n_steps=8, vf_kl_clip=0.01, n_critic_updates=3, seed=0)
+    model.set_logger(Logger(None, []))
+    policy = model.policy
+    assert isinstance(policy, DoubledValuePolicyWithHook)
+    calls_at_construction = policy.hook_calls
+    model.learn(8 * 3)
+    assert policy.hook_calls == calls_at_construction + 3 * 3  # per update: the joint step and two critic steps
+
+
 @pytest.mark.parametrize("share_features_extractor", [True, False])
 def test_kl_forward_runs_the_actor_alone(share_features_extractor: bool) -> None:
     """The KL of an update needs the new action distribution only: the critic's layers are not run for it."""

@@ -135,6 +135,16 @@ def action_distribution(policy: ActorCriticPolicy, obs: PyTorchObs) -> Distribut
     return policy.get_distribution(obs)
 
 
+def critic_values(policy: ActorCriticPolicy, obs: PyTorchObs) -> th.Tensor:
+    """
+    The values alone, flat, as training sees them: through the policy's ``distribution_and_values`` hook when it defines
+    one (which runs the actor too), otherwise SB3's ``predict_values`` (the critic's layers only).
+    """
+    if hasattr(policy, TRAINING_HOOK):
+        return forward_actor_critic(policy, obs)[1]
+    return policy.predict_values(obs).flatten()
+
+
 def has_convolutions(policy: nn.Module) -> bool:
     """Whether a network has convolutions (what the ``"auto"`` statistics settings depend on)."""
     return any(isinstance(module, nn.Conv2d) for module in policy.modules())
@@ -689,7 +699,7 @@ class ACKTR(OnPolicyAlgorithm):
         kfac = self.kfac
         critic_params = next(group["params"] for group in kfac.param_groups if group["name"] == VALUE_REGION)
         for _ in range(self.n_critic_updates - 1):
-            value_loss = F.mse_loss(returns, self.policy.predict_values(observations).flatten())
+            value_loss = F.mse_loss(returns, critic_values(self.policy, observations))
             grads = th.autograd.grad(self.vf_coef * value_loss, critic_params, allow_unused=True)
             kfac.zero_grad()
             for param, grad in zip(critic_params, grads, strict=True):
