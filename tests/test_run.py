@@ -523,3 +523,33 @@ def test_trains_on_each_device(device: str, policy: str) -> None:
     assert model.kfac.n_steps == 4
     assert_no_numerical_trouble(model.kfac)
     assert model.kfac.diagnostics()["inverse_seconds"] >= 0.0
+
+
+def test_statistics_settings_set_between_learn_calls_take_effect() -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, stats_update_interval=4, seed=0)
+    model.set_logger(Logger(None, []))
+    block = model.kfac.blocks[0]
+    model.learn(8 * 4)
+    assert model.kfac.state[block.weight]["statistics_count"] == 1
+    model.stats_update_interval = 1
+    model.stats_decay = 0.5
+    model.learn(8 * 4, reset_num_timesteps=False)
+    state = model.kfac.state[block.weight]
+    assert state["statistics_count"] == 1 + 4
+    weight_after_one = 1 - 0.99**4  # the first statistics, folded with the decay of 4 steps
+    assert state["statistics_weight"] == pytest.approx(1 - (1 - weight_after_one) * 0.5**4)
+
+
+def test_settings_fixed_at_construction_are_refused_when_changed() -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0)
+    model.damping_mode = "factored"
+    with pytest.raises(ValueError, match=r"damping_mode cannot change on a built model.*load it with damping_mode"):
+        model.learn(8)
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0)
+    model.vf_kl_clip = None
+    with pytest.raises(ValueError, match=r"vf_kl_clip=None does not match the built optimizer's 2 trust region"):
+        model.learn(8)
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0)
+    model.stats_decay = 1.0
+    with pytest.raises(ValueError, match="stats_decay"):
+        model.learn(8)

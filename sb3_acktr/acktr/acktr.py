@@ -613,12 +613,39 @@ class ACKTR(OnPolicyAlgorithm):
         param groups, as SB3 does for the learning rate: a loaded optimizer state carries the values it was saved with,
         and values given to ``load`` must win (a new damping from the next inverse refresh).
         """
+        self._apply_statistics_settings()
         bounds = self._trust_region_bounds(self._current_progress_remaining)
+        if len(bounds) != len(self.kfac.param_groups):
+            raise ValueError(
+                f"vf_kl_clip={self.vf_kl_clip} does not match the built optimizer's {len(self.kfac.param_groups)} trust "
+                "region(s): the layout of the regions is fixed once the model is built (build a new model to change it)"
+            )
         for group, bound in zip(self.kfac.param_groups, bounds, strict=True):
             group.update(kl_clip=bound, momentum=self.momentum, damping=self.damping)
         self.logger.record("train/kl_clip", bounds[0])
         if len(bounds) > 1:
             self.logger.record("train/vf_kl_clip", bounds[1])
+
+    def _apply_statistics_settings(self) -> None:
+        """
+        Hand the statistics and inverse settings of this model to its optimizer, so that attributes set between ``learn``
+        calls take effect; the ones fixed when the optimizer is built are refused when they changed.
+        """
+        kfac = self.kfac
+        for name in ("damping_mode", "conv_mode", "async_inverse"):
+            if getattr(self, name) != getattr(kfac, name):
+                raise ValueError(
+                    f"{name} cannot change on a built model ({getattr(kfac, name)!r} -> {getattr(self, name)!r}): save the "
+                    f"model and load it with {name}={getattr(self, name)!r}"
+                )
+        _check_critic_updates(self.n_critic_updates, self.vf_kl_clip)
+        settings = self._kfac_kwargs(has_convolutions(self.policy))
+        check_hyperparameters(kl_clip=self._trust_region_bounds()[0], **settings)
+        kfac.stats_decay = settings["stats_decay"]
+        kfac.stats_update_interval = settings["stats_update_interval"]
+        kfac.inverse_update_interval = settings["inverse_update_interval"]
+        for block in kfac.blocks:
+            block.set_patches_per_feature(settings["patches_per_feature"])
 
     def train(self) -> None:
         """

@@ -72,11 +72,16 @@ class KroneckerBlock:
         self.module = module
         self.conv_mode = conv_mode
         self.max_patches: int | None = None
-        if isinstance(module, nn.Conv2d) and conv_mode == "expand" and patches_per_feature is not None:
-            self.max_patches = patches_per_feature * module.weight[0].numel()
+        self.set_patches_per_feature(patches_per_feature)
         self.weight: th.Tensor = module.weight
         # A frozen bias is a constant of the layer, not a coordinate of the block.
         self.bias: th.Tensor | None = module.bias if module.bias is not None and module.bias.requires_grad else None
+
+    def set_patches_per_feature(self, patches_per_feature: int | None) -> None:
+        """The most patches per input feature that a convolution's ``A`` is estimated from in expand mode (None: all)."""
+        self.max_patches = None
+        if isinstance(self.module, nn.Conv2d) and self.conv_mode == "expand" and patches_per_feature is not None:
+            self.max_patches = patches_per_feature * self.module.weight[0].numel()
 
     @property
     def parameters(self) -> list[th.Tensor]:
