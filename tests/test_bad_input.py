@@ -141,6 +141,15 @@ def test_loading_a_model_without_optimizer_state_warns_and_starts_the_statistics
     assert loaded.kfac.n_steps == 2
 
 
+def test_set_parameters_with_exact_match_refuses_parameters_without_the_optimizer() -> None:
+    """SB3's contract for set_parameters; load() keeps accepting a zip saved without the optimizer (above)."""
+    model = ACKTR("MlpPolicy", IdentityEnv(2), n_steps=4)
+    params = {name: value for name, value in model.get_parameters().items() if name != "policy.optimizer"}
+    with pytest.raises(ValueError, match="policy.optimizer"):
+        model.set_parameters(params, exact_match=True)
+    model.set_parameters(params, exact_match=False)  # the lenient path, as SB3's
+
+
 def test_loading_parameters_of_another_network_names_the_policy_kwargs(tmp_path: Path) -> None:
     ACKTR("MlpPolicy", IdentityEnv(2), policy_kwargs=dict(net_arch=[8])).save(tmp_path / "small")
     model = ACKTR("MlpPolicy", IdentityEnv(2))

@@ -80,3 +80,20 @@ def test_cartpole_section_ends_with_a_policy_at_500() -> None:
     model.learn(100_000)
     mean_return, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=1, seed=1000 + seed), n_eval_episodes=20)
     assert isinstance(mean_return, float) and mean_return >= 475
+
+
+@pytest.mark.slow
+def test_defaults_learn_inverted_double_pendulum() -> None:
+    """
+    The library defaults on a task without a section (the unseen-task panel's protocol): 8 environments, VecNormalize,
+    150k timesteps, the final policy over 10 episodes. Statistics every 4 updates at the same decay ended near 1,000.
+    """
+    seed = 0
+    env = VecNormalize(make_vec_env("InvertedDoublePendulum-v5", n_envs=8, seed=seed))
+    model = ACKTR("MlpPolicy", env, seed=seed).learn(150_000)
+    eval_env = VecNormalize(
+        make_vec_env("InvertedDoublePendulum-v5", n_envs=1, seed=1000 + seed), training=False, norm_reward=False
+    )
+    eval_env.obs_rms = env.obs_rms
+    mean_return, _ = evaluate_policy(model, eval_env, n_eval_episodes=10)
+    assert isinstance(mean_return, float) and mean_return >= 4_000

@@ -7,6 +7,7 @@ import zipfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch as th
@@ -37,6 +38,9 @@ from sb3_acktr.kfac.inverses import DampingMode
 from sb3_acktr.kfac.optimizer import all_reduce_mean, check_device, check_hyperparameters, check_integer, check_number
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
+
+# Set while ACKTR.load runs: a zip saved without the K-FAC optimizer state then loads (with a warning).
+_LOADING: ContextVar[bool] = ContextVar("_LOADING", default=False)
 
 DEFAULT_VF_KL_CLIP = 0.001
 # Name of the critic's own trust region (a param group of the optimizer).
@@ -536,9 +540,16 @@ class ACKTR(OnPolicyAlgorithm):
         force_reset: bool = True,
         **kwargs: Any,
     ) -> SelfACKTR:
-        """SB3's ``load``, after checking that a saved file is a whole zip (a truncated save is named as such)."""
+        """
+        SB3's ``load``, after checking that a saved file is a whole zip (a truncated save is named as such). A zip saved
+        without the K-FAC optimizer state loads with a warning (its statistics, inverses and momentum start anew).
+        """
         _check_saved_zip(path)
-        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        token = _LOADING.set(True)
+        try:
+            return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        finally:
+            _LOADING.reset(token)
 
     def set_parameters(
         self,
@@ -547,7 +558,8 @@ class ACKTR(OnPolicyAlgorithm):
         device: th.device | str = "auto",
     ) -> None:
         """
-        Load parameters (see SB3's ``set_parameters``). The saved optimizer state decides the trust-region layout:
+        Load parameters (see SB3's ``set_parameters``: with ``exact_match``, parameters without one of the model's
+        objects, the K-FAC optimizer included, are refused). The saved optimizer state decides the trust-region layout:
         a model saved with one trust region (``vf_kl_clip=None``, or saved before ``vf_kl_clip`` existed) loads with
         one, a model saved with a separate critic region loads with it; the bounds themselves are this model's.
         """
@@ -558,7 +570,7 @@ class ACKTR(OnPolicyAlgorithm):
         saved_optimizer: Any = params.get("policy.optimizer")
         if saved_optimizer is not None:
             self._match_trust_regions(len(saved_optimizer["param_groups"]), saved_optimizer["param_groups"][-1])
-        elif "policy" in params:
+        elif "policy" in params and (_LOADING.get() or not exact_match):
             warnings.warn(
                 "The saved model has no K-FAC optimizer state (policy.optimizer.pth): the curvature statistics, inverses "
                 "and momentum start anew, so training does not continue exactly as the saved run would have",
