@@ -145,7 +145,7 @@ def test_set_parameters_with_exact_match_refuses_parameters_without_the_optimize
     """SB3's contract for set_parameters; load() keeps accepting a zip saved without the optimizer (above)."""
     model = ACKTR("MlpPolicy", IdentityEnv(2), n_steps=4)
     params = {name: value for name, value in model.get_parameters().items() if name != "policy.optimizer"}
-    with pytest.raises(ValueError, match="policy.optimizer"):
+    with pytest.raises(ValueError, match=r"policy\.optimizer"):
         model.set_parameters(params, exact_match=True)
     model.set_parameters(params, exact_match=False)  # the lenient path, as SB3's
 
