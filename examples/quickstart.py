@@ -30,6 +30,7 @@ def main() -> None:
         n_steps=10,
         momentum=0.5,
         ent_coef=0.0,
+        stats_decay=0.9975,
         seed=args.seed,
         verbose=0,
     )

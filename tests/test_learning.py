@@ -75,7 +75,7 @@ def test_cartpole_section_ends_with_a_policy_at_500() -> None:
     model = ACKTR(
         "MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=seed), learning_rate=lambda p: 0.25 * p,
         kl_clip=lambda p: 0.003 * p, vf_kl_clip=0.03, n_critic_updates=3, n_steps=10, momentum=0.5, ent_coef=0.0,
-        seed=seed,
+        stats_decay=0.9975, seed=seed,
     )  # fmt: skip
     model.learn(100_000)
     mean_return, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=1, seed=1000 + seed), n_eval_episodes=20)

@@ -254,7 +254,9 @@ class ACKTR(OnPolicyAlgorithm):
         optimizer too). ``None``: one trust region for all parameters, as in the reference implementations for Atari.
         It can be a function of the current progress remaining (from 1 to 0).
     :param damping: Tikhonov damping of the Kronecker-factored Fisher
-    :param stats_decay: Decay of the running averages of the Kronecker factors
+    :param stats_decay: Decay per update of the running averages of the Kronecker factors: they span about
+        ``1 / (1 - stats_decay)`` updates whatever ``stats_update_interval`` (statistics every k updates are folded in
+        with ``stats_decay ** k``)
     :param vf_fisher_coef: Weight of the critic's term ``(V(s) - y)^2``, ``y ~ N(V(s), 1)``, in the Fisher loss
         (the reference implementations' convention). The critic's curvature grows with its square: it is
         ``4 * vf_fisher_coef^2`` times a unit-variance Gaussian critic's, so 1.0 weighs it 4x and 0.5 is the unit-variance
@@ -283,8 +285,7 @@ class ACKTR(OnPolicyAlgorithm):
         quarter of the rollout, but at least 160 examples; for one without, the whole rollout
     :param stats_update_interval: Update the Kronecker factors every this many updates. ``"auto"`` (default): every
         update for a network with convolutions (its statistics come from a subset, ``stats_batch_size``), every 4 updates
-        otherwise (on CartPole and Acrobot as sample-efficient as every update, at three quarters of the update's cost;
-        see ``docs/misc/cost.md``)
+        otherwise (see ``docs/misc/benchmarks.md``, "Library defaults on unseen tasks")
     :param inverse_update_interval: Refresh the inverses of the factors every this many updates
     :param async_inverse: Refresh the inverses in a background thread (non-deterministic)
     :param distributed: Train data-parallel on ``torch.distributed``: each process (rank) collects its own rollouts
