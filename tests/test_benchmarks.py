@@ -25,6 +25,7 @@ import subset_statistics
 import train_cost
 import training_diagnostics
 import training_speed
+import unseen_tasks
 
 
 def test_sample_efficiency_runs_resumes_and_reports(
@@ -378,3 +379,31 @@ def test_save_size_reads_the_optimizer_state_in_the_zip(tmp_path: Path) -> None:
     model.learn(8 * 2)
     total, optimizer = save_size.saved_sizes(model, tmp_path)
     assert 0 < optimizer < total
+
+
+@pytest.mark.parametrize("env_id", ["Blackjack-v1", "SimpleMultiObsEnv", "Reacher-v5"])
+def test_unseen_tasks_panel_runs_each_kind_of_task_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env_id: str
+) -> None:
+    """A tuple observation (as MultiDiscrete), a Dict one and a normalised MuJoCo task, each algorithm, one row each."""
+    tiny = unseen_tasks.PANEL[env_id]._replace(budget=320, eval_freq=160, eval_episodes=2, final_episodes=3)
+    monkeypatch.setitem(unseen_tasks.PANEL, env_id, tiny)
+    path = tmp_path / "unseen.csv"
+    for algo in ("acktr", "a2c"):
+        unseen_tasks.append_row(unseen_tasks.train_one(env_id, algo, 0), path)
+    unseen_tasks.append_row(unseen_tasks.train_one(env_id, "acktr", 0, "stats_update_interval=1"), path)
+    rows = unseen_tasks.read_rows(path)
+    assert [(row["algo"], row["params"]) for row in rows] == [("acktr", ""), ("a2c", ""), ("acktr", "stats_update_interval=1")]
+    assert all(int(row["timesteps"]) >= 320 and math.isfinite(float(row["mean_return"])) for row in rows)
+    table = unseen_tasks.report(path, tmp_path / "panel.png")
+    assert table.splitlines()[0] == "| task (half, budget) | acktr | a2c | acktr[stats_update_interval=1] |"
+    assert table.splitlines()[2].startswith(f"| {env_id} ({tiny.half}, 0k) | ")
+    assert (tmp_path / "panel.png").stat().st_size > 0
+
+
+def test_unseen_tasks_panel_keeps_tasks_with_a_section_out() -> None:
+    from sb3_acktr.zoo import hyperparameter_sections
+
+    assert not set(unseen_tasks.PANEL) & set(hyperparameter_sections())
+    halves = [task.half for task in unseen_tasks.PANEL.values()]
+    assert halves.count("tuning") >= 4 and halves.count("held-out") >= 4
