@@ -73,7 +73,7 @@ def make_env(env_id: str):  # type: ignore[no-untyped-def]
         return gym.wrappers.TimeLimit(SimpleMultiObsEnv(random_start=True), max_episode_steps=100)
     env = gym.make(env_id)
     if isinstance(env.observation_space, gym.spaces.Tuple):
-        sizes = [int(space.n) for space in env.observation_space.spaces]
+        sizes = [int(space.n) for space in env.observation_space.spaces if isinstance(space, gym.spaces.Discrete)]
         multi_discrete = gym.spaces.MultiDiscrete(sizes)
         env = gym.wrappers.TransformObservation(env, lambda obs: np.asarray(obs, dtype=np.int64), multi_discrete)
     return env
@@ -135,7 +135,7 @@ def train_one(env_id: str, algo: str, seed: int, params: str = "") -> dict[str, 
         params=params,
         seed=seed,
         timesteps=model.num_timesteps,
-        final_return=round(float(returns), 4),
+        final_return=round(float(np.mean(returns)), 4),
         mean_return=round(float(np.mean(evaluation.evaluations_results)), 4),
         seconds=round(seconds, 1),
     )
