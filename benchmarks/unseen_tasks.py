@@ -227,6 +227,21 @@ def report(path: Path = CSV_PATH, plot_path: Path | None = PLOT_PATH) -> str:
     return "\n".join(lines)
 
 
+def short_number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def readme_table(path: Path = CSV_PATH) -> str:
+    """The README's short table: each algorithm's library defaults, final return averaged over the seeds."""
+    table = summary(read_rows(path))
+    lines = ["| task without a section (budget) | ACKTR | A2C | PPO | TRPO |", "|---|---|---|---|---|"]
+    for env_id, task in PANEL.items():
+        cells = [short_number(table[env_id, algo]["final"]) if (env_id, algo) in table else "-" for algo in ALGOS]
+        if cells[0] != "-":
+            lines.append(f"| {env_id} ({task.budget // 1000}k) | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def plot(table: dict[tuple[str, str], dict[str, float]], names: list[str], path: Path) -> None:
     import matplotlib
 
@@ -267,7 +282,8 @@ def main() -> None:
     one.add_argument("--algo", required=True, choices=ALGOS)
     one.add_argument("--seed", type=int, required=True)
     one.add_argument("--params", default="")
-    commands.add_parser("report", help="the table and the plot")
+    report_parser = commands.add_parser("report", help="the table and the plot")
+    report_parser.add_argument("--readme", action="store_true", help="the README's short table instead")
     args = parser.parse_args()
     if args.command == "one":
         print(json.dumps(train_one(args.env, args.algo, args.seed, args.params)))
@@ -275,7 +291,7 @@ def main() -> None:
         env_ids = args.envs or [env_id for env_id, task in PANEL.items() if args.half in ("all", task.half)]
         run(env_ids, args.algos, args.seeds, " ".join(args.params), args.jobs)
     else:
-        print(report())
+        print(readme_table() if args.readme else report())
 
 
 if __name__ == "__main__":

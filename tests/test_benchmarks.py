@@ -399,6 +399,9 @@ def test_unseen_tasks_panel_runs_each_kind_of_task_and_reports(
     assert table.splitlines()[0] == "| task (half, budget) | acktr | a2c | acktr[stats_update_interval=1] |"
     assert table.splitlines()[2].startswith(f"| {env_id} ({tiny.half}, 0k) | ")
     assert (tmp_path / "panel.png").stat().st_size > 0
+    readme_rows = unseen_tasks.readme_table(path).splitlines()
+    assert readme_rows[0] == "| task without a section (budget) | ACKTR | A2C | PPO | TRPO |"
+    assert readme_rows[2].startswith(f"| {env_id} (0k) | ") and readme_rows[2].endswith(" | - | - |")
 
 
 def test_unseen_tasks_panel_keeps_tasks_with_a_section_out() -> None:
