@@ -212,8 +212,8 @@ def summary(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, float
 def report(path: Path = CSV_PATH, plot_path: Path | None = PLOT_PATH) -> str:
     """The panel's table in markdown (final return ± std over seeds, mean evaluation over the run), and its plot."""
     table = summary(read_rows(path))
-    names = sorted({name for _, name in table}, key=lambda name: (name.split("[")[0] not in ALGOS, name))
-    names = [name for name in ALGOS if name in names] + [name for name in names if name not in ALGOS]
+    found = {name for _, name in table}
+    names = [name for name in ALGOS if name in found] + sorted(found - set(ALGOS))
     lines = [f"| task (half, budget) | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
     for env_id, task in PANEL.items():
         cells = []
@@ -250,7 +250,8 @@ def plot(table: dict[tuple[str, str], dict[str, float]], names: list[str], path:
 
     env_ids = [env_id for env_id in PANEL if any((env_id, name) in table for name in names)]
     columns = 3
-    figure, axes = plt.subplots(-(-len(env_ids) // columns), columns, figsize=(4 * columns, 3 * -(-len(env_ids) // columns)))
+    rows = -(-len(env_ids) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows))
     for axis, env_id in zip(np.ravel(axes), env_ids, strict=False):
         shown = [name for name in names if (env_id, name) in table]
         finals = [table[env_id, name]["final"] for name in shown]
