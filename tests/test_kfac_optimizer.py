@@ -438,6 +438,29 @@ def test_singular_factors_fall_back_to_float64_or_last_good_inverse(monkeypatch:
     assert th.isfinite(parameters_vector(model)).all()
 
 
+def test_a_block_that_never_decomposes_is_retried_at_each_refresh_not_each_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = small_cnn()
+    optimizer = KFAC(model, inverse_update_interval=3)
+    failing = optimizer.blocks[0]
+    real_eigh, calls = th.linalg.eigh, {"failing": 0, "all": 0}
+
+    def eigh_failing_for_one_block(matrix: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        calls["all"] += 1
+        if matrix.shape[0] == failing.weight[0].numel() + 1:  # the first convolution's input factor
+            calls["failing"] += 1
+            raise th.linalg.LinAlgError("simulated failure")
+        return real_eigh(matrix)
+
+    monkeypatch.setattr(th.linalg, "eigh", eigh_failing_for_one_block)
+    inputs, targets = batch()
+    for _ in range(7):  # refreshes at steps 1, 4 and 7
+        full_update(model, optimizer, inputs, targets)
+    assert optimizer.counters["inverse_failures"] == 3
+    assert calls["failing"] == 3 * 2  # float32, then float64, at each refresh
+    assert failing not in optimizer._inverses and len(optimizer._inverses) == len(optimizer.blocks) - 1
+    assert th.isfinite(parameters_vector(model)).all()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

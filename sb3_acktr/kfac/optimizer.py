@@ -355,6 +355,7 @@ class KFAC(th.optim.Optimizer):
         self._outputs: dict[KroneckerBlock, tuple[th.Tensor, int]] = {}
         self._shared_inputs: dict[tuple, tuple[th.Tensor, tuple[th.Tensor, int]]] = {}
         self._inverses: dict[KroneckerBlock, BlockInverse] = {}
+        self._failed_blocks: set[KroneckerBlock] = set()
         self._saved_inverse_factors: dict[KroneckerBlock, tuple[th.Tensor, th.Tensor]] = {}
         self._unjoined_statistics: list[tuple[KroneckerBlock, dict[str, tuple[th.Tensor, int]]]] = []
         self._executor: ThreadPoolExecutor | None = None
@@ -536,7 +537,8 @@ class KFAC(th.optim.Optimizer):
             self._install_inverses(*self._inverse_future.result())
             self._inverse_future = None
         with_statistics = [block for block in self.blocks if "A_average" in self.state.get(block.weight, {})]
-        missing = any(block not in self._inverses for block in with_statistics)
+        # A block whose decomposition failed before it ever had an inverse waits for the next refresh, not the next step.
+        missing = any(block not in self._inverses and block not in self._failed_blocks for block in with_statistics)
         if not with_statistics or not (missing or self.inverse_age >= self.inverse_update_interval):
             return
         # Debiased copies of the factors only when a refresh is due.
@@ -552,6 +554,7 @@ class KFAC(th.optim.Optimizer):
             self._install_inverses(*self._inverses_shared_by_ranks(factors, damping))
         else:
             self._install_inverses(*self._timed_inverses(factors, damping))
+        self._failed_blocks = {block for block in with_statistics if block not in self._inverses}
 
     # ------------------------------------------------------------------ data parallelism
     def _inverses_shared_by_ranks(
