@@ -77,12 +77,16 @@ def test_subset_of_the_whole_batch_reproduces_the_shared_pass(monkeypatch: pytes
     to the order in which autograd adds the entropy's and the log-likelihood's gradients (sampling the Fisher's actions
     from the loss's own distribution builds its probabilities earlier).
     """
-    shared, separate = (rollout_model(make_vec_env("CartPole-v1", n_envs=2, seed=0), stats_batch_size=None) for _ in "ab")
+    shared, separate = (
+        rollout_model(make_vec_env("CartPole-v1", n_envs=2, seed=0), stats_batch_size=None, stats_update_interval=1)
+        for _ in "ab"
+    )
     set_random_seed(1)
     shared.train()
     monkeypatch.setattr(acktr_module, "statistics_subset", lambda n, size, device: th.arange(n))
     set_random_seed(1)
     separate.train()
+    assert separate.kfac.state[separate.kfac.blocks[0].weight]["statistics_count"] == 2  # the checked update took them
     for mine, theirs in zip(kfac_state(separate), kfac_state(shared), strict=True):
         assert th.equal(mine, theirs)
     for mine, theirs in zip(separate.policy.parameters(), shared.policy.parameters(), strict=True):
