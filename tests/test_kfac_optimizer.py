@@ -412,30 +412,36 @@ def test_non_finite_input_is_survived() -> None:
     assert not th.equal(parameters_vector(model), before)
 
 
-def test_singular_factors_fall_back_to_float64_or_last_good_inverse(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("damping_mode, decomposition", [("exact", "eigh"), ("factored", "cholesky")])
+def test_singular_factors_fall_back_to_float64_or_last_good_inverse(
+    monkeypatch: pytest.MonkeyPatch, damping_mode: DampingMode, decomposition: str
+) -> None:
     model = small_cnn()
-    optimizer = KFAC(model, inverse_update_interval=1)
+    optimizer = KFAC(model, inverse_update_interval=1, damping_mode=damping_mode)
     inputs, targets = batch()
     full_update(model, optimizer, inputs, targets)
-    real_eigh = th.linalg.eigh
+    real_decomposition = getattr(th.linalg, decomposition)
 
-    def eigh_failing_in_float32(matrix: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def failing_in_float32(matrix: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         if matrix.dtype == th.float32:
             raise th.linalg.LinAlgError("simulated failure")
-        return real_eigh(matrix)
+        return real_decomposition(matrix)
 
-    monkeypatch.setattr(th.linalg, "eigh", eigh_failing_in_float32)
+    monkeypatch.setattr(th.linalg, decomposition, failing_in_float32)
     full_update(model, optimizer, inputs, targets)
     assert optimizer.counters["float64_retries"] == 2 * len(optimizer.blocks)
     assert optimizer.counters["inverse_failures"] == 0
+    last_good = dict(optimizer._inverses)
 
-    def eigh_always_failing(matrix: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def always_failing(matrix: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         raise th.linalg.LinAlgError("simulated failure")
 
-    monkeypatch.setattr(th.linalg, "eigh", eigh_always_failing)
+    monkeypatch.setattr(th.linalg, decomposition, always_failing)
+    before = parameters_vector(model)
     full_update(model, optimizer, inputs, targets)
     assert optimizer.counters["inverse_failures"] == len(optimizer.blocks)
-    assert th.isfinite(parameters_vector(model)).all()
+    assert all(optimizer._inverses[block] is last_good[block] for block in optimizer.blocks)  # kept, and used
+    assert th.isfinite(parameters_vector(model)).all() and not th.equal(parameters_vector(model), before)
 
 
 def test_a_block_that_never_decomposes_is_retried_at_each_refresh_not_each_step(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,10 +107,14 @@ def test_numerical_faults_are_survived(case: str, damping_mode: str) -> None:
         for module in model.policy.mlp_extractor.modules():
             if isinstance(module, nn.Linear):
                 module.bias.data.fill_(-100.0)  # every hidden unit is dead: singular factors downstream
+    actor_head = [param.detach().clone() for param in model.policy.action_net.parameters()]
     model.learn(16 * 4 * 20)
     assert parameters_finite(model)
     assert model.kfac.counters["inverse_failures"] == 0
     assert model.kfac.counters["skipped_steps"] == 0
+    assert model.kfac.counters["nonfinite_statistics"] == 0
+    moved = [not th.equal(now, then) for now, then in zip(model.policy.action_net.parameters(), actor_head, strict=True)]
+    assert any(moved)  # the policy moved (with dead units, its head's bias alone)
     values = model.logger.name_to_value
     assert 0 < values["kfac/trust_region_scale"] <= 1
 
