@@ -246,7 +246,9 @@ def test_trust_region_bounds_the_kl_of_one_update() -> None:
     )
     values = train_without_dump(model, 128)
     assert values["kfac/trust_region_scale"] < 1.0
-    assert kl_clip / 2 / 4 < values["train/kl"] < kl_clip / 2 * 2
+    # K-FAC's damped block-diagonal curvature overestimates the true one a little: 0.36-0.89 of kl_clip / 2 on seeds 0-5
+    # (0.55 on this one); a step off by a factor of 1.5 in length falls outside.
+    assert 0.4 * kl_clip / 2 < values["train/kl"] < 1.2 * kl_clip / 2
 
 
 def test_trust_region_split_without_a_critic_loss_is_the_whole_step() -> None:
