@@ -324,8 +324,13 @@ def test_load_with_another_stats_decay_keeps_the_averages_debiased(tmp_path: Pat
     state = loaded.kfac.state[block.weight]
     average, weight = state["A_average"].clone(), state["statistics_weight"]
     loaded.rollout_buffer = copy.deepcopy(model.rollout_buffer)
+    inputs: list[th.Tensor] = []
+    hook = block.module.register_forward_hook(lambda module, args, output: inputs.append(args[0].detach()))
     loaded.train()
-    batch = (state["A_average"] - 0.5 * average) / 0.5
+    hook.remove()
+    rows = th.nn.functional.pad(inputs[0], (0, 1), value=1.0)  # the statistics' pass, the first forward of train()
+    batch = rows.T @ rows / len(rows)
+    assert th.allclose(state["A_average"], 0.5 * average + 0.5 * batch, atol=1e-6)
     factors = loaded.kfac.factors(block)
     assert factors is not None
     assert th.allclose(factors[0], (0.5 * average + 0.5 * batch) / (0.5 * weight + 0.5))
