@@ -130,6 +130,11 @@ def test_auto_subset_size_follows_the_network() -> None:
     assert resolve_stats_batch_size("auto", 2000, convolutional=False) is None
     assert resolve_stats_batch_size(None, 2000, convolutional=True) is None
     assert resolve_stats_batch_size(64, 2000, convolutional=False) == 64
+    # Ranks share the one-process rule on their joined batch: 4 x 640 examples -> 640 of them, 160 per rank.
+    assert resolve_stats_batch_size("auto", 640, convolutional=True, world_size=4) == 160
+    assert resolve_stats_batch_size("auto", 100, convolutional=True, world_size=2) == 80  # 160 of the joined 200
+    assert resolve_stats_batch_size("auto", 100, convolutional=True, world_size=3) == 54  # 160 of 300, rounded up
+    assert resolve_stats_batch_size(64, 2000, convolutional=True, world_size=4) == 64
 
 
 @pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])

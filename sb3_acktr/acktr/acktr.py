@@ -155,18 +155,21 @@ def has_convolutions(policy: nn.Module) -> bool:
 
 
 def resolve_stats_batch_size(
-    stats_batch_size: int | Literal["auto"] | None, batch_size: int, convolutional: bool
+    stats_batch_size: int | Literal["auto"] | None, batch_size: int, convolutional: bool, world_size: int = 1
 ) -> int | None:
     """
     The number of examples of a batch of ``batch_size`` that the statistics use, or None for the whole batch. ``"auto"``:
     a quarter of the batch, but at least 160 examples, for a network with convolutions; the whole batch otherwise (a
-    subset's passes of their own cost more than they save on a network whose statistics cost per operation).
+    subset's passes of their own cost more than they save on a network whose statistics cost per operation). With
+    ``world_size`` ranks of ``batch_size`` examples each, ``"auto"`` applies to their joined batch and each rank takes an
+    equal share of it (rounded up); an integer applies per rank.
     """
     if not isinstance(stats_batch_size, str):
         return stats_batch_size
     if not convolutional:
         return None
-    return max(int(AUTO_STATS_FRACTION * batch_size), AUTO_STATS_BATCH_SIZE_MIN)
+    joined = max(int(AUTO_STATS_FRACTION * batch_size * world_size), AUTO_STATS_BATCH_SIZE_MIN)
+    return -(-joined // world_size)
 
 
 def resolve_stats_update_interval(stats_update_interval: int | Literal["auto"], convolutional: bool) -> int:
@@ -292,7 +295,8 @@ class ACKTR(OnPolicyAlgorithm):
         (seeds offset by rank), and one all-reduce per update joins the ranks' gradients and Kronecker factors, so that
         every rank takes the step one process would take on all the ranks' rollouts. ``None`` (default): when launched
         by ``torchrun`` with several processes (or in a process group of several). Rank 0 logs and saves; the others
-        stay silent. ``stats_batch_size`` and ``patches_per_feature`` apply per rank
+        stay silent. An integer ``stats_batch_size`` and ``patches_per_feature`` apply per rank (``"auto"`` to the joined
+        rollouts)
     :param target_kl: KL divergence per update that the learning rate adapts to, by the rule of the paper's
         continuous-control code: after each update, the KL between the policies before and after it is measured on the
         rollout (one more forward pass); the learning rate (of the parameters the policy depends on; the critic's own
@@ -679,7 +683,10 @@ class ACKTR(OnPolicyAlgorithm):
             subset = None
             if update_statistics:
                 batch_size = len(rollout_data.advantages)
-                stats_batch_size = resolve_stats_batch_size(self.stats_batch_size, batch_size, has_convolutions(self.policy))
+                world_size = 1 if self._process_group is None else dist.get_world_size(self._process_group)
+                stats_batch_size = resolve_stats_batch_size(
+                    self.stats_batch_size, batch_size, has_convolutions(self.policy), world_size
+                )
                 subset = statistics_subset(batch_size, stats_batch_size, self.device)
             if subset is not None:
                 # Before the whole batch's forward pass: the policy reuses one distribution object for every forward.
