@@ -109,6 +109,32 @@ def _train_with_one_rank_nonfinite(rank: int, init_file: str, out: str) -> None:
     _leave_ranks()
 
 
+def _load_with_one_rank_failing_a_decomposition(rank: int, init_file: str, out: str) -> None:
+    _join_ranks(rank, init_file)
+    model = make_model()
+    kfac = kfac_for(model, "exact", dist.group.WORLD)
+    batches = make_batches(n_updates=6)
+    train(kfac, model, batches[:3], share(rank))  # saved between two refreshes of the inverses
+    state = kfac.state_dict()
+    model = make_model()
+    loaded = kfac_for(model, "exact", dist.group.WORLD)
+    loaded.load_state_dict(state)
+    for param, saved in zip(model.parameters(), kfac.param_groups[0]["params"], strict=True):
+        param.data.copy_(saved.data)
+    if rank == 1:  # this rank cannot decompose the first linear layer's input factor (28 x 28)
+        real_eigh = th.linalg.eigh
+
+        def eigh(matrix: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+            if matrix.shape[0] == 28:
+                raise th.linalg.LinAlgError("simulated failure")
+            return real_eigh(matrix)
+
+        th.linalg.eigh = eigh  # type: ignore[assignment]
+    parameters = train(loaded, model, batches[3:], share(rank))
+    th.save(parameters, Path(out) / f"rank_{rank}.pt")
+    _leave_ranks()
+
+
 def run_ranks(worker, tmp_path: Path, timeout: float = 120.0) -> list:
     """Run ``worker(rank, init_file, out)`` on every rank; what each saved, by rank. A hang fails instead of waiting."""
     context = mp.start_processes(
@@ -148,6 +174,19 @@ def test_nonfinite_statistics_of_one_rank_are_skipped_by_every_rank(tmp_path: Pa
     (parameters_0, counters_0), (parameters_1, counters_1) = ranks
     assert th.equal(parameters_0, parameters_1) and th.isfinite(parameters_0).all()
     assert counters_0 == counters_1 and counters_0["nonfinite_statistics"] == 1
+
+
+def test_ranks_restore_loaded_inverses_together_when_one_rank_fails(tmp_path: Path) -> None:
+    """After a load, each inverse is decomposed by one rank and shared: a failure is every rank's, with no hang."""
+    parameters_0, parameters_1 = run_ranks(_load_with_one_rank_failing_a_decomposition, tmp_path, timeout=90.0)
+    model, batches = make_model(), make_batches(n_updates=6)
+    kfac = kfac_for(model, "exact")
+    train(kfac, model, batches[:3], slice(None))
+    loaded = kfac_for(model, "exact")
+    loaded.load_state_dict(kfac.state_dict())
+    one_process = train(loaded, model, batches[3:], slice(None))
+    assert th.equal(parameters_0, parameters_1)
+    assert th.allclose(parameters_0, one_process, rtol=0, atol=1e-12)  # the largest block is decomposed by rank 0
 
 
 def test_async_inverses_are_refused_with_a_process_group() -> None:

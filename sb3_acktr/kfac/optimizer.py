@@ -853,9 +853,16 @@ class KFAC(th.optim.Optimizer):
                 self._saved_inverse_factors[block] = averaged
 
     def _install_saved_inverses(self) -> None:
-        """The inverses of a loaded state, with the current damping (their numerical events were counted before saving)."""
+        """
+        The inverses of a loaded state, with the current damping (their numerical events were counted before saving);
+        with a ``process_group``, each decomposed by one rank and shared, so that a failure is every rank's.
+        """
         if self._saved_inverse_factors:
-            inverses, _, _ = self._compute_inverses(self._saved_inverse_factors, self.param_groups[0]["damping"])
+            factors, damping = self._saved_inverse_factors, self.param_groups[0]["damping"]
+            if self.process_group is not None:
+                (inverses, _, _), _ = self._inverses_shared_by_ranks(factors, damping)
+            else:
+                inverses, _, _ = self._compute_inverses(factors, damping)
             self._inverses.update(inverses)
             self._saved_inverse_factors = {}
 
