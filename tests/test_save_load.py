@@ -4,6 +4,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch as th
 from conftest import assert_no_numerical_trouble
@@ -11,8 +12,9 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Check
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import FakeImageEnv
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_acktr import ACKTR
 from sb3_acktr.kfac import compute_inverse
@@ -176,11 +178,14 @@ class EnvSnapshots(BaseCallback):
     def __init__(self) -> None:
         super().__init__()
         self.snapshots: dict[int, VecEnv] = {}
+        self.inner: dict[int, VecEnv] = {}  # the environments inside a VecNormalize, which its copy leaves out
 
     def _on_rollout_start(self) -> None:
         env = self.model.get_env()
         assert env is not None
         self.snapshots[self.model.num_timesteps] = copy.deepcopy(env)
+        if isinstance(env, VecNormalize):
+            self.inner[self.model.num_timesteps] = copy.deepcopy(env.venv)
 
     def _on_step(self) -> bool:
         return True
@@ -230,6 +235,40 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path: Path, env_id: str
 
     assert resumed.num_timesteps == uninterrupted.num_timesteps
     assert th.equal(parameters_vector(resumed), parameters_vector(uninterrupted))
+
+
+def test_checkpoint_and_its_vec_normalize_statistics_resume_together(tmp_path: Path) -> None:
+    """A mid-rollout checkpoint's VecNormalize pickle holds the statistics as of the rollout start, as its model does."""
+    n_envs, n_steps, total = 2, 8, 2 * 8 * 12
+
+    def normalized(venv: VecEnv) -> VecNormalize:
+        return VecNormalize(venv, norm_reward=False)  # the running returns are not pickled by SB3: they restart at 0
+
+    def new_model() -> ACKTR:
+        env = normalized(make_vec_env("Pendulum-v1", n_envs=n_envs, seed=0))
+        model = ACKTR("MlpPolicy", env, n_steps=n_steps, seed=0)
+        model.set_logger(Logger(None, []))
+        return model
+
+    uninterrupted = new_model().learn(total)
+    crashed, snapshots = new_model(), EnvSnapshots()
+    checkpoint = CheckpointCallback(save_freq=13, save_path=str(tmp_path), name_prefix="acktr", save_vecnormalize=True)
+    crashed.learn(total, callback=CallbackList([snapshots, checkpoint, StopAfter(30)]))
+    last = max(tmp_path.glob("acktr_*_steps.zip"), key=lambda path: int(path.stem.split("_")[1]))
+
+    resumed = ACKTR.load(last, force_reset=False)
+    snapshot = snapshots.snapshots[resumed.num_timesteps]
+    assert isinstance(snapshot, VecNormalize)  # a copy without its environments (VecNormalize copies as it pickles)
+    environments = snapshots.inner[resumed.num_timesteps]
+    statistics = VecNormalize.load(str(tmp_path / f"acktr_vecnormalize_{last.stem.split('_')[1]}_steps.pkl"), environments)
+    saved, at_start = statistics.obs_rms, snapshot.obs_rms
+    assert isinstance(saved, RunningMeanStd) and isinstance(at_start, RunningMeanStd)
+    assert np.array_equal(saved.mean, at_start.mean) and saved.count == at_start.count
+    resumed.set_env(statistics, force_reset=False)
+    resumed.set_logger(Logger(None, []))
+    resumed.learn(total - resumed.num_timesteps, reset_num_timesteps=False)
+    assert th.equal(parameters_vector(resumed), parameters_vector(uninterrupted))
+    assert uninterrupted.get_vec_normalize_env() is uninterrupted.get_env()  # no rollout in progress: the wrapper itself
 
 
 def small_model(policy: str, **kwargs) -> ACKTR:

@@ -836,8 +836,13 @@ class ACKTR(OnPolicyAlgorithm):
         n_rollout_steps: int,
     ) -> bool:
         # Until train() has used this rollout, a checkpoint resumes from the rollout's start (see save()).
+        normalization = self._vec_normalize_env
         self._rollout_start = RolloutStart(
-            self.num_timesteps, copy.deepcopy(self._last_obs), copy.deepcopy(self._last_episode_starts), capture_random_state()
+            self.num_timesteps,
+            copy.deepcopy(self._last_obs),
+            copy.deepcopy(self._last_episode_starts),
+            capture_random_state(),
+            None if normalization is None else copy.deepcopy((normalization.obs_rms, normalization.ret_rms)),
         )
         try:
             continue_training = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
@@ -909,6 +914,21 @@ class ACKTR(OnPolicyAlgorithm):
         finally:
             self.num_timesteps, self._last_obs, self._last_episode_starts = current
             self._saved_random_state = None
+
+    def get_vec_normalize_env(self) -> VecNormalize | None:
+        """
+        The ``VecNormalize`` wrapper of the training environment, if any. While a rollout is collected or trained on, a
+        shallow copy of it with the statistics as of the rollout's start: the moment ``save()`` writes the model as of,
+        so that a checkpoint's model and ``VecNormalize`` statistics resume together.
+        """
+        normalization = super().get_vec_normalize_env()
+        start = self._rollout_start
+        if normalization is None or start is None or start.normalization is None:
+            return normalization
+        at_start = object.__new__(type(normalization))  # not copy.copy: VecNormalize copies as it pickles, incompletely
+        vars(at_start).update(vars(normalization))
+        at_start.obs_rms, at_start.ret_rms = copy.deepcopy(start.normalization)
+        return at_start
 
     def _excluded_save_params(self) -> list[str]:
         # Whether training is data-parallel depends on how the loading process is launched, not on the saved one.

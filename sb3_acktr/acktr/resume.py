@@ -14,6 +14,8 @@ class RolloutStart(NamedTuple):
     last_obs: Any
     episode_starts: Any
     random_state: dict[str, Any]
+    # The VecNormalize statistics (obs_rms, ret_rms), if the environment is normalised.
+    normalization: tuple[Any, Any] | None = None
 
 
 def capture_random_state() -> dict[str, Any]:
