@@ -34,7 +34,8 @@ def test_callbacks(tmp_path: Path) -> None:
     assert len(np.load(tmp_path / "evaluations.npz")["timesteps"]) == 5
     checkpoints = sorted((tmp_path / "checkpoints").glob("acktr_*_steps.zip"))
     assert len(checkpoints) == 4
-    ACKTR.load(checkpoints[-1])
+    loaded = ACKTR.load(checkpoints[-1])
+    assert 0 < loaded.num_timesteps < model.num_timesteps and loaded.kfac.n_steps == loaded.num_timesteps // 16
 
 
 def test_stop_on_max_episodes() -> None:

@@ -85,7 +85,13 @@ def test_saved_and_loaded_with_its_critic_updates(tmp_path) -> None:
     model.save(tmp_path / "model.zip")
     loaded = ACKTR.load(tmp_path / "model.zip", env=make_vec_env("Pendulum-v1", n_envs=4, seed=0))
     assert loaded.n_critic_updates == 3
-    copy.deepcopy(loaded).learn(4 * 32)
+    continued = copy.deepcopy(loaded)
+    continued.set_logger(Logger(folder=None, output_formats=[]))
+    continued.learn(4 * 32, reset_num_timesteps=False)
+    assert continued.kfac.n_steps == 2  # the saved update, then one more with its critic steps
+    buffer = continued.rollout_buffer
+    before_update = float(np.mean((buffer.returns - buffer.values) ** 2))  # the values the rollout was collected with
+    assert rollout_value_loss(continued) < before_update
 
 
 @pytest.mark.parametrize("loaded_with", [dict(n_critic_updates=3), dict(n_critic_updates=3, vf_kl_clip=0.01)])

@@ -41,6 +41,17 @@ def silent_logger() -> Logger:
     return Logger(folder=None, output_formats=[])
 
 
+def train_every_layer(model: ACKTR, total_timesteps: int) -> dict:
+    """``train_without_dump``, then: every block has statistics and an inverse, every trainable parameter moved."""
+    before = {name: param.detach().clone() for name, param in model.policy.named_parameters() if param.requires_grad}
+    values = train_without_dump(model, total_timesteps)
+    assert_no_numerical_trouble(model.kfac)
+    assert all(model.kfac.factors(block) is not None and block in model.kfac._inverses for block in model.kfac.blocks)
+    named = dict(model.policy.named_parameters())
+    assert [name for name, old in before.items() if th.equal(named[name], old)] == []
+    return values
+
+
 def train_without_dump(model: ACKTR, total_timesteps: int) -> dict:
     """Learn without dumping the logger, and return the last recorded values."""
     model.set_logger(silent_logger())
@@ -60,7 +71,7 @@ def train_without_dump(model: ACKTR, total_timesteps: int) -> dict:
 )
 def test_every_action_space(env: gym.Env) -> None:
     model = ACKTR("MlpPolicy", env, n_steps=8, seed=0)
-    values = train_without_dump(model, 64)
+    values = train_every_layer(model, 64)
     assert parameters_finite(model)
     assert values["kfac/skipped_steps"] == 0
     assert values["kfac/trust_region_scale"] > 0
@@ -131,7 +142,7 @@ def test_separate_critic_trust_region(policy: str, env: str | gym.Env, policy_kw
 @pytest.mark.parametrize("conv_mode", ["expand", "reduce"])
 def test_cnn_conv_modes(conv_mode: ConvMode) -> None:
     model = ACKTR("CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36), n_steps=4, conv_mode=conv_mode, seed=0)
-    train_without_dump(model, 12)
+    train_every_layer(model, 12)
     assert parameters_finite(model)
 
 
@@ -196,7 +207,7 @@ def test_custom_feature_extractor_with_uncovered_layer() -> None:
         "MlpPolicy", "CartPole-v1", n_steps=8, policy_kwargs=dict(features_extractor_class=NormalisedExtractor), seed=0
     )
     assert model.kfac.uncovered_parameters == ["features_extractor.net.1.weight", "features_extractor.net.1.bias"]
-    train_without_dump(model, 32)
+    train_every_layer(model, 32)
     assert parameters_finite(model)
 
 
