@@ -587,7 +587,8 @@ class ACKTR(OnPolicyAlgorithm):
         except RuntimeError as error:
             if "state_dict" not in str(error):
                 raise
-            raise ValueError(
+            # A RuntimeError with PyTorch's text, as SB3's contract: its load() retries A2C/PPO zips saved before 1.7.
+            raise RuntimeError(
                 "The saved policy's layers do not match this model's: build the model with the policy_kwargs (net_arch, "
                 f"features extractor, ...) that the saved one was trained with ({error})"
             ) from error
