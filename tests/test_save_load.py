@@ -402,12 +402,27 @@ def test_load_with_another_conv_mode_estimates_the_convolutions_anew(tmp_path: P
 )
 def test_other_kfac_arguments_given_to_load_take_effect(tmp_path: Path, policy: str, kwargs: dict) -> None:
     loaded = load_with(tmp_path, small_model(policy), **kwargs)
-    loaded.learn(4 * loaded.n_envs * 3, reset_num_timesteps=False)
+    block = loaded.kfac.blocks[0]
+    counts = [loaded.kfac.state[block.weight]["statistics_count"]]
+    inverses = []
+
+    class Watch(BaseCallback):
+        def _on_rollout_end(self) -> None:  # before each update: what the previous one left
+            counts.append(loaded.kfac.state[block.weight]["statistics_count"])
+            inverses.append(loaded.kfac._inverses.get(block))
+
+        def _on_step(self) -> bool:
+            return True
+
+    loaded.learn(4 * loaded.n_envs * 3, reset_num_timesteps=False, callback=Watch())
     kfac, (name, value) = loaded.kfac, next(iter(kwargs.items()))
-    if name in ("damping", "momentum", "kl_clip"):
+    counts.append(kfac.state[block.weight]["statistics_count"])
+    if name == "stats_update_interval":  # updates 3, 4 and 5 of the run: statistics at the first only
+        assert [later - counts[0] for later in counts[1:]] == [0, 1, 1, 1]
+    elif name == "inverse_update_interval":  # the saved inverses, restored at update 3, are kept (refreshed every 5)
+        assert inverses[1] is not None and kfac._inverses[block] is inverses[1]
+    elif name in ("damping", "momentum", "kl_clip"):
         assert kfac.param_groups[0][name] == value
-    elif name == "patches_per_feature":
-        assert all(block.max_patches is None for block in kfac.blocks)
     else:
-        assert getattr(kfac, name) == value
+        assert all(block.max_patches is None for block in kfac.blocks)
     assert_no_numerical_trouble(kfac)
