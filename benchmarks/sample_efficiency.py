@@ -8,6 +8,8 @@ Sample efficiency of ACKTR against A2C and PPO, each with its tuned rl-zoo3 hype
     python benchmarks/sample_efficiency.py final --env Hopper-v5 --algo acktr --episodes 50   # the final policies, again
     python benchmarks/sample_efficiency.py run --env BreakoutNoFrameskip-v4 --algos acktr --seeds 0 \
         --params stats_batch_size:160 --runs benchmarks/results/runs/_variants/stats_batch_size_160   # other settings
+    python benchmarks/sample_efficiency.py run --env BreakoutNoFrameskip-v4 --algos acktr a2c --seeds 0 1 2 \
+        --defaults --runs benchmarks/results/runs/_defaults     # library defaults in the section's set-up
 
 ``run`` trains every (algorithm, seed) with ``python -m sb3_acktr.zoo train`` in a subprocess, in parallel
 (``--jobs``, one thread each), into ``benchmarks/results/runs/ENV/ALGO/seed_S``. Runs of 1M timesteps or more save a
@@ -80,6 +82,8 @@ README_ROWS: dict[str, tuple[str, str]] = {
 README_MARKERS = ("<!-- results-table-start -->\n", "<!-- results-table-end -->")
 # ``final`` seeds its environment with this plus the run's seed, apart from the seeds rl-zoo3 gives training's envs.
 FINAL_EVALUATION_SEED = 10_000
+# What ``run --defaults`` keeps of ACKTR's section for every algorithm: the environment's set-up.
+ENVIRONMENT_KEYS = ("env_wrapper", "frame_stack", "n_envs", "normalize", "policy", "n_timesteps")
 # Runs of at least this many timesteps save a checkpoint every CHECKPOINT_FREQ timesteps, from which a cut run resumes.
 CHECKPOINT_FREQ = 100_000
 
@@ -89,11 +93,19 @@ def run_directory(env_id: str, algo: str, seed: int, runs: Path | None = None) -
 
 
 def train(
-    env_id: str, algo: str, seed: int, budget: int | None, params: list[str] | None = None, runs: Path | None = None
+    env_id: str,
+    algo: str,
+    seed: int,
+    budget: int | None,
+    params: list[str] | None = None,
+    runs: Path | None = None,
+    defaults: bool = False,
 ) -> str:
     """
-    One zoo run; ``params`` (``KEY:VALUE``, rl-zoo3's ``-params``) override the section's hyperparameters. A run cut
-    short resumes from its last checkpoint (``--resume``), or starts again if it saved none.
+    One zoo run; ``params`` (``KEY:VALUE``, rl-zoo3's ``-params``) override the section's hyperparameters, and with
+    ``defaults`` the algorithm keeps only the section's environment set-up (``ENVIRONMENT_KEYS``) and its library
+    defaults for everything else. A run cut short resumes from its last checkpoint (``--resume``), or starts again if it
+    saved none.
     """
     task = TASKS[env_id]
     directory = run_directory(env_id, algo, seed, runs)
@@ -102,7 +114,7 @@ def train(
     directory.mkdir(parents=True, exist_ok=True)
     n_timesteps = int(budget or task["budget"])
     evaluation = ["--eval-freq", str(int(task["eval_freq"])), "--eval-episodes", str(int(task["eval_episodes"]))]
-    options = [*evaluation, "--n-eval-envs", "1", "--verbose", "0", *hyperparameters_option(env_id, algo, directory)]
+    options = [*evaluation, "--n-eval-envs", "1", "--verbose", "0", *hyperparameters_option(env_id, algo, directory, defaults)]
     if n_timesteps >= 10 * CHECKPOINT_FREQ:
         options += ["--save-freq", str(CHECKPOINT_FREQ)]
     if (checkpoint := prepare_resumption(directory, algo, env_id, n_timesteps)) is not None:
@@ -190,23 +202,42 @@ def one_thread_environment() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
-def hyperparameters_option(env_id: str, algo: str, directory: Path) -> list[str]:
+def hyperparameters_option(env_id: str, algo: str, directory: Path, defaults: bool = False) -> list[str]:
     """
-    ``-conf FILE`` for A2C/PPO on a MuJoCo ``-v5`` task: rl-zoo3's files tune these algorithms for ``-v4`` only, so the
-    ``-v4`` section is copied under the ``-v5`` name (the tasks differ in details, not in their dynamics' scale).
+    ``-conf FILE`` where the run does not train with the algorithm's own section of the task: with ``defaults``, the
+    set-up keys (``ENVIRONMENT_KEYS``) of ACKTR's section alone, for every algorithm; for A2C/PPO on a MuJoCo ``-v5``
+    task, the ``-v4`` section under the ``-v5`` name (rl-zoo3's files tune these algorithms for ``-v4`` only; the tasks
+    differ in details, not in their dynamics' scale).
     """
-    if algo == "acktr" or not env_id.endswith("-v5"):
+    import yaml
+
+    if defaults:
+        section = {key: value for key, value in zoo_sections("acktr")[zoo_key(env_id)].items() if key in ENVIRONMENT_KEYS}
+    elif algo != "acktr" and env_id.endswith("-v5") and env_id not in (sections := zoo_sections(algo)):
+        section = sections[env_id.replace("-v5", "-v4")]
+    else:
         return []
+    conf = directory / "hyperparams.yml"
+    conf.write_text(yaml.safe_dump({env_id: section}))
+    return ["-conf", str(conf)]
+
+
+def zoo_sections(algo: str) -> dict[str, dict]:
+    """The hyperparameter file that rl-zoo3 trains ``algo`` with (ours for ACKTR)."""
+    if algo == "acktr":
+        from sb3_acktr.zoo import hyperparameter_sections
+
+        return hyperparameter_sections()
     import rl_zoo3
     import yaml
 
     with open(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml") as file:
-        sections = yaml.safe_load(file)
-    if env_id in sections:
-        return []
-    conf = directory / "hyperparams.yml"
-    conf.write_text(yaml.safe_dump({env_id: sections[env_id.replace("-v5", "-v4")]}))
-    return ["-conf", str(conf)]
+        return yaml.safe_load(file)
+
+
+def zoo_key(env_id: str) -> str:
+    """The key of a task's section: ``atari`` for an Atari game."""
+    return "atari" if task_frame_skip(env_id) > 1 else env_id
 
 
 def zoo_run_folders(directory: Path, algo: str, env_id: str) -> list[Path]:
@@ -644,6 +675,9 @@ def main() -> None:
     run.add_argument("--jobs", type=int, default=2)
     run.add_argument("--params", nargs="+", help="KEY:VALUE hyperparameters overriding the sections (rl-zoo3's -params)")
     run.add_argument(
+        "--defaults", action="store_true", help="each algorithm's library defaults in the section's environment set-up"
+    )
+    run.add_argument(
         "--runs", type=Path, help=f"folder of the runs (default: {RUNS.relative_to(ROOT)}; report reads that one)"
     )
     report_parser = commands.add_parser("report", help="aggregate the finished runs")
@@ -664,10 +698,12 @@ def main() -> None:
     if args.command == "report":
         report_variant(args.runs.resolve()) if args.runs else report(args.keep_seeds)
         return
-    if args.params and args.runs is None:
-        parser.error("--params needs --runs: the default folder holds the sections' runs, which report aggregates")
+    if (args.params or args.defaults) and args.runs is None:
+        parser.error("--params and --defaults need --runs: the default folder holds the sections' runs, which report reads")
     runs = args.runs.resolve() if args.runs else None
-    jobs = [(args.env, algo, seed, args.budget, args.params, runs) for seed in args.seeds for algo in args.algos]
+    jobs = [
+        (args.env, algo, seed, args.budget, args.params, runs, args.defaults) for seed in args.seeds for algo in args.algos
+    ]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for message in pool.map(lambda job: train(*job), jobs):
             print(message, flush=True)

@@ -12,7 +12,9 @@ reported. Each run trains in a subprocess with one thread (``--jobs`` at a time)
 ``benchmarks/results/unseen_tasks.csv``: ``final_return`` is the final policy's mean return over ``final_episodes``
 deterministic episodes, ``mean_return`` the mean of the evaluations over the run (``eval_episodes`` episodes every
 ``eval_freq`` timesteps; the area under the curve), ``seconds`` the run's training time. ``--params KEY=VALUE`` (Python
-literals) change ACKTR's constructor arguments; such a run is a variant, reported beside the defaults.
+literals) change ACKTR's constructor arguments; such a run is a variant, reported beside the defaults. The Atari games
+(``CnnPolicy``, the panel's 8 environments with 4 stacked frames) save a checkpoint every ``CHECKPOINT_FREQ`` timesteps
+in ``benchmarks/results/runs/unseen_tasks/`` and a run cut short goes on from its last one.
 """
 
 import argparse
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV_PATH = ROOT / "benchmarks" / "results" / "unseen_tasks.csv"
@@ -39,7 +42,11 @@ N_ENVS = 8
 
 
 class Task(NamedTuple):
-    """A panel task: its half, budget, evaluation schedule, and whether observations are normalised (``VecNormalize``)."""
+    """
+    A panel task: its half, budget, evaluation schedule, whether observations are normalised (``VecNormalize``), and
+    whether it is an Atari game (SB3's ``make_atari_env`` and 4 stacked frames; evaluated on full games with sampled
+    actions, as rl-zoo3 evaluates Atari, and checkpointed every ``CHECKPOINT_FREQ`` timesteps so that a cut run resumes).
+    """
 
     half: str
     budget: int
@@ -48,6 +55,7 @@ class Task(NamedTuple):
     policy: str = "MlpPolicy"
     eval_episodes: int = 10
     final_episodes: int = 20
+    atari: bool = False
 
 
 PANEL: dict[str, Task] = {
@@ -60,7 +68,16 @@ PANEL: dict[str, Task] = {
     "Blackjack-v1": Task("held-out", 100_000, 10_000, normalize=False, eval_episodes=200, final_episodes=2_000),
     "FrozenLake-v1": Task("held-out", 100_000, 10_000, normalize=False, eval_episodes=100, final_episodes=1_000),
     "SimpleMultiObsEnv": Task("held-out", 50_000, 5_000, normalize=False, policy="MultiInputPolicy"),
+    "BreakoutNoFrameskip-v4": Task(
+        "tuning", 500_000, 50_000, False, "CnnPolicy", eval_episodes=5, final_episodes=10, atari=True
+    ),
+    "AsterixNoFrameskip-v4": Task(
+        "held-out", 500_000, 50_000, False, "CnnPolicy", eval_episodes=5, final_episodes=10, atari=True
+    ),
 }
+# A run of an Atari task saves the model and its evaluations this often (timesteps) and resumes from the last save.
+CHECKPOINT_FREQ = 100_000
+CHECKPOINTS = ROOT / "benchmarks" / "results" / "runs" / "unseen_tasks"
 
 
 def make_env(env_id: str):  # type: ignore[no-untyped-def]
@@ -81,9 +98,17 @@ def make_env(env_id: str):  # type: ignore[no-untyped-def]
 
 def make_vec_envs(env_id: str, seed: int):  # type: ignore[no-untyped-def]
     """The training environments (``N_ENVS``) and the evaluation one, normalised alike where the task says so."""
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
+    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize, VecTransposeImage
 
+    if PANEL[env_id].atari:
+        import ale_py
+        import gymnasium as gym
+
+        gym.register_envs(ale_py)
+        env = VecFrameStack(make_atari_env(env_id, n_envs=N_ENVS, seed=seed), n_stack=4)
+        eval_env = VecFrameStack(make_atari_env(env_id, n_envs=1, seed=seed + 10_000), n_stack=4)
+        return env, VecTransposeImage(eval_env)  # as SB3 wraps the training images
     env = make_vec_env(lambda: make_env(env_id), n_envs=N_ENVS, seed=seed)
     eval_env = make_vec_env(lambda: make_env(env_id), n_envs=1, seed=seed + 10_000)
     if PANEL[env_id].normalize:
@@ -109,26 +134,35 @@ def parse_params(params: str) -> dict[str, object]:
     return {key: ast.literal_eval(value) for key, value in pairs}
 
 
-def train_one(env_id: str, algo: str, seed: int, params: str = "") -> dict[str, object]:
-    """One run of the panel: its row of the CSV."""
+def train_one(env_id: str, algo: str, seed: int, params: str = "", checkpoints: Path = CHECKPOINTS) -> dict[str, object]:
+    """One run of the panel: its row of the CSV (an Atari run resumes from its last checkpoint in ``checkpoints``)."""
     import torch as th
-    from stable_baselines3.common.callbacks import EvalCallback
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import sync_envs_normalization
 
     th.set_num_threads(1)
     task = PANEL[env_id]
     env, eval_env = make_vec_envs(env_id, seed)
-    model = algorithm_class(algo)(task.policy, env, seed=seed, device="cpu", **parse_params(params))
+    folder = checkpoints / env_id / (f"{algo}[{params}]" if params else algo) / f"seed_{seed}"
+    model, progress = resume(folder, algo, env) if task.atari else (None, dict(timesteps=[], results=[], seconds=0.0))
+    if model is None:
+        model = algorithm_class(algo)(task.policy, env, seed=seed, device="cpu", **parse_params(params))
     with tempfile.TemporaryDirectory() as log_path:  # EvalCallback keeps its results only when it writes them
         evaluation = EvalCallback(
-            eval_env, eval_freq=task.eval_freq // N_ENVS, n_eval_episodes=task.eval_episodes, log_path=log_path, warn=False
+            eval_env,
+            eval_freq=task.eval_freq // N_ENVS,
+            n_eval_episodes=task.eval_episodes,
+            log_path=log_path,
+            deterministic=not task.atari,
+            warn=False,
         )
+        evaluation.evaluations_timesteps, evaluation.evaluations_results = progress["timesteps"], progress["results"]
+        callbacks = [evaluation, Checkpoint(folder, evaluation, progress["seconds"])] if task.atari else [evaluation]
         start = time.perf_counter()
-        model.learn(task.budget, callback=evaluation)
-        seconds = time.perf_counter() - start
+        model.learn(task.budget - model.num_timesteps, callback=callbacks, reset_num_timesteps=model.num_timesteps == 0)
+        seconds = progress["seconds"] + time.perf_counter() - start
     sync_envs_normalization(env, eval_env)
-    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=task.final_episodes, deterministic=True)
+    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=task.final_episodes, deterministic=not task.atari)
     return dict(
         env=env_id,
         algo=algo,
@@ -139,6 +173,47 @@ def train_one(env_id: str, algo: str, seed: int, params: str = "") -> dict[str, 
         mean_return=round(float(np.mean(evaluation.evaluations_results)), 4),
         seconds=round(seconds, 1),
     )
+
+
+def resume(folder: Path, algo: str, env):  # type: ignore[no-untyped-def]
+    """The model and the progress (evaluations, training seconds) of a run's last checkpoint, or ``(None, empty)``."""
+    if not (folder / "progress.json").is_file():
+        return None, dict(timesteps=[], results=[], seconds=0.0)
+    model = algorithm_class(algo).load(folder / "model.zip", env=env, device="cpu")
+    progress = json.loads((folder / "progress.json").read_text())
+    # An ACKTR checkpoint resumes at the start of the rollout it was saved in: the evaluations after it are made again.
+    kept = [index for index, step in enumerate(progress["timesteps"]) if step <= model.num_timesteps]
+    progress["timesteps"] = [progress["timesteps"][index] for index in kept]
+    progress["results"] = [progress["results"][index] for index in kept]
+    return model, progress
+
+
+class Checkpoint(BaseCallback):
+    """
+    Saves the model and the run's progress (its evaluations so far and training seconds, written after the model) every
+    ``CHECKPOINT_FREQ`` timesteps.
+    """
+
+    def __init__(self, folder: Path, evaluation: EvalCallback, seconds: float) -> None:
+        super().__init__()
+        self.folder, self.evaluation, self.seconds = folder, evaluation, seconds
+
+    def _on_training_start(self) -> None:
+        self.start = time.perf_counter()
+        self.next_save = (self.num_timesteps // CHECKPOINT_FREQ + 1) * CHECKPOINT_FREQ
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next_save:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.model.save(self.folder / "model.zip")
+            progress = dict(
+                timesteps=[int(step) for step in self.evaluation.evaluations_timesteps],
+                results=[[float(value) for value in result] for result in self.evaluation.evaluations_results],
+                seconds=self.seconds + time.perf_counter() - self.start,
+            )
+            (self.folder / "progress.json").write_text(json.dumps(progress))
+            self.next_save += CHECKPOINT_FREQ
+        return True
 
 
 def read_rows(path: Path = CSV_PATH) -> list[dict[str, str]]:

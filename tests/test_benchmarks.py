@@ -404,7 +404,25 @@ def test_unseen_tasks_panel_runs_each_kind_of_task_and_reports(
     assert readme_rows[2].startswith(f"| {env_id} (0k) | ") and readme_rows[2].endswith(" | - | - |")
 
 
+def test_unseen_tasks_panel_resumes_an_atari_run_from_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Atari run cut after a checkpoint goes on from it, with the evaluations made before it."""
+    env_id = "AsterixNoFrameskip-v4"
+    monkeypatch.setattr(unseen_tasks, "CHECKPOINT_FREQ", 320)
+    first = unseen_tasks.PANEL[env_id]._replace(budget=480, eval_freq=160, eval_episodes=1, final_episodes=1)
+    monkeypatch.setitem(unseen_tasks.PANEL, env_id, first)
+    unseen_tasks.train_one(env_id, "acktr", 0, checkpoints=tmp_path)
+    progress = json.loads((tmp_path / env_id / "acktr" / "seed_0" / "progress.json").read_text())
+    assert progress["timesteps"] == [160, 320] and progress["seconds"] > 0
+    monkeypatch.setitem(unseen_tasks.PANEL, env_id, first._replace(budget=640))
+    row = unseen_tasks.train_one(env_id, "acktr", 0, checkpoints=tmp_path)
+    saved = json.loads((tmp_path / env_id / "acktr" / "seed_0" / "progress.json").read_text())
+    assert row["timesteps"] == 640 and saved["timesteps"] == [160, 320, 480, 640]
+    # ACKTR resumes at the start of the rollout saved at 320 timesteps: the evaluation at 320 is made again.
+    assert saved["results"][0] == progress["results"][0] and float(row["seconds"]) > progress["seconds"]
+
+
 def test_unseen_tasks_panel_keeps_tasks_with_a_section_out() -> None:
+    """No panel task has a section of its own (Atari games run ``CnnPolicy`` with the defaults, not the ``atari`` one)."""
     from sb3_acktr.zoo import hyperparameter_sections
 
     assert not set(unseen_tasks.PANEL) & set(hyperparameter_sections())
