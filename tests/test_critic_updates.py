@@ -1,4 +1,4 @@
-"""Further K-FAC steps on the critic within one update (``n_critic_updates``)."""
+"""The critic's settings: its trust region and coefficient (``"auto"``), and further K-FAC steps (``n_critic_updates``)."""
 
 import copy
 import warnings
@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import FakeImageEnv
 from stable_baselines3.common.logger import Logger
 from torch.nn import functional as F
 
 from sb3_acktr import ACKTR
-from sb3_acktr.acktr.acktr import critic_only_parameters
+from sb3_acktr.acktr.acktr import critic_only_parameters, parameter_roles
 
 
 def one_update(n_critic_updates: int, **kwargs) -> ACKTR:
@@ -102,3 +103,41 @@ def test_critic_updates_loaded_onto_one_trust_region_are_refused(tmp_path, loade
     with pytest.raises(ValueError, match=r"n_critic_updates > 1 .* one trust region"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the saved layout's warning
         ACKTR.load(tmp_path / "model.zip", env=env, **loaded_with)
+
+
+@pytest.mark.parametrize(
+    "policy, kwargs, expected",
+    [
+        ("MlpPolicy", {}, (0.5, 0.001, 2)),
+        ("CnnPolicy", {}, (0.25, None, 1)),
+        ("CnnPolicy", dict(policy_kwargs=dict(share_features_extractor=False)), (0.5, 0.001, 2)),
+        ("CnnPolicy", dict(n_critic_updates=3), (0.25, 0.001, 2)),
+        ("CnnPolicy", dict(vf_coef=0.7, vf_kl_clip=0.01), (0.7, 0.01, 2)),
+        ("MlpPolicy", dict(vf_coef=0.1, vf_kl_clip=None), (0.1, None, 1)),
+    ],
+)
+def test_auto_critic_settings_follow_whether_actor_and_critic_share_parameters(policy, kwargs, expected) -> None:
+    """One trust region and vf_coef 0.25 for a shared features extractor (unless the critic takes further steps)."""
+    env = FakeImageEnv(screen_height=36, screen_width=36) if policy == "CnnPolicy" else "CartPole-v1"
+    model = ACKTR(policy, env, n_steps=4, **kwargs)
+    assert (model.vf_coef, model.vf_kl_clip, len(model.kfac.param_groups)) == expected
+
+
+def test_shared_parameters_are_those_of_the_shared_features_extractor() -> None:
+    model = ACKTR("CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36), n_steps=4)
+    roles = parameter_roles(model.policy, model.observation_space)
+    shared = {param for param, (actor, critic) in roles.items() if actor and critic}
+    assert shared == set(model.policy.features_extractor.parameters())
+    assert set(critic_only_parameters(model.policy, model.observation_space)) == {
+        *model.policy.mlp_extractor.value_net.parameters(),
+        *model.policy.value_net.parameters(),
+    }
+
+
+def test_auto_critic_settings_are_saved_as_resolved(tmp_path) -> None:
+    env = FakeImageEnv(screen_height=36, screen_width=36)
+    ACKTR("CnnPolicy", env, n_steps=4).save(tmp_path / "model.zip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the saved layout matches: no warning about trust regions
+        loaded = ACKTR.load(tmp_path / "model.zip", env=env)
+    assert (loaded.vf_coef, loaded.vf_kl_clip, len(loaded.kfac.param_groups)) == (0.25, None, 1)

@@ -43,6 +43,12 @@ SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 _LOADING: ContextVar[bool] = ContextVar("_LOADING", default=False)
 
 DEFAULT_VF_KL_CLIP = 0.001
+DEFAULT_VF_COEF = 0.5
+# The "auto" critic settings: actor and critic that share parameters (a features extractor with parameters, as
+# CnnPolicy's) train in one trust region with a smaller value coefficient, as the zoo's Atari section (a region of the
+# critic's own would bound its head alone, while its loss still moves the shared layers); separate networks give the
+# critic a region of its own (DEFAULT_VF_KL_CLIP). See docs/misc/benchmarks.md, "Library defaults on unseen tasks".
+AUTO_SHARED_VF_COEF = 0.25
 # Name of the critic's own trust region (a param group of the optimizer).
 VALUE_REGION = "value"
 
@@ -200,9 +206,19 @@ def select_observations(obs: PyTorchObs, indices: th.Tensor) -> PyTorchObs:
 
 
 def critic_only_parameters(policy: ActorCriticPolicy, observation_space: spaces.Space) -> list[th.nn.Parameter]:
+    """The trainable parameters that the values depend on and the action distribution does not (see ``parameter_roles``)."""
+    return [param for param, (actor, critic) in parameter_roles(policy, observation_space).items() if critic and not actor]
+
+
+def shares_parameters(policy: ActorCriticPolicy, observation_space: spaces.Space) -> bool:
+    """Whether the action distribution and the values depend on a trainable parameter in common (see ``parameter_roles``)."""
+    return any(actor and critic for actor, critic in parameter_roles(policy, observation_space).values())
+
+
+def parameter_roles(policy: ActorCriticPolicy, observation_space: spaces.Space) -> dict[th.nn.Parameter, tuple[bool, bool]]:
     """
-    The trainable parameters that the values depend on and the action distribution does not, found by autograd on
-    one observation sampled from a copy of the space (the environment's own random stream is not touched). The probe
+    For each trainable parameter, whether the action distribution and whether the values depend on it, found by autograd
+    on one observation sampled from a copy of the space (the environment's own random stream is not touched). The probe
     runs in eval mode (no BatchNorm statistics) and leaves the policy's action distribution as it found it (no graph
     attached to it, so the policy can still be deep-copied).
     """
@@ -221,7 +237,26 @@ def critic_only_parameters(policy: ActorCriticPolicy, observation_space: spaces.
         policy.set_training_mode(was_training)
         vars(policy.action_dist).clear()
         vars(policy.action_dist).update(dist_state)
-    return [param for param, a, c in zip(params, actor, critic, strict=True) if a is None and c is not None]
+    return {param: (a is not None, c is not None) for param, a, c in zip(params, actor, critic, strict=True)}
+
+
+def resolve_vf_coef(vf_coef: float | Literal["auto"], shared: bool) -> float:
+    """The value coefficient. ``"auto"``: ``AUTO_SHARED_VF_COEF`` when actor and critic share parameters, else 0.5."""
+    if vf_coef != "auto":
+        return vf_coef
+    return AUTO_SHARED_VF_COEF if shared else DEFAULT_VF_COEF
+
+
+def resolve_vf_kl_clip(
+    vf_kl_clip: float | Schedule | Literal["auto"] | None, shared: bool, n_critic_updates: int
+) -> float | Schedule | None:
+    """
+    The critic's own trust-region bound. ``"auto"``: none (one region) when actor and critic share parameters and the
+    critic takes no further steps, else ``DEFAULT_VF_KL_CLIP``.
+    """
+    if vf_kl_clip != "auto":
+        return vf_kl_clip
+    return None if shared and n_critic_updates == 1 else DEFAULT_VF_KL_CLIP
 
 
 class ACKTR(OnPolicyAlgorithm):
@@ -230,8 +265,8 @@ class ACKTR(OnPolicyAlgorithm):
 
     Paper: https://arxiv.org/abs/1708.05144
     A2C's loss and rollouts, with the gradient step replaced by a K-FAC natural gradient (one Fisher for actor
-    and critic together), a KL trust region and momentum SGD. Defaults follow OpenAI Baselines' ACKTR, except that the
-    critic-only parameters get a trust region of their own (``vf_kl_clip``).
+    and critic together), a KL trust region and momentum SGD. Defaults follow OpenAI Baselines' ACKTR, except that a
+    critic that shares no parameters with the actor gets a trust region of its own (``vf_kl_clip``).
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, ...); ACKTR's ``CnnPolicy`` uses the
         paper's network, :class:`~sb3_acktr.AcktrCNN` (see :class:`sb3_acktr.acktr.policies.CnnPolicy`). Training
@@ -245,7 +280,8 @@ class ACKTR(OnPolicyAlgorithm):
     :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator.
         Equivalent to classic advantage when set to 1.
     :param ent_coef: Entropy coefficient for the loss calculation
-    :param vf_coef: Value function coefficient for the loss calculation
+    :param vf_coef: Value function coefficient for the loss calculation. ``"auto"`` (default): 0.25 when actor and
+        critic share parameters (a features extractor with parameters, as ``CnnPolicy``'s), 0.5 otherwise
     :param momentum: Momentum of the SGD step (the step size is ``learning_rate * (1 - momentum)``)
     :param kl_clip: Trust-region bound on ``lr^2 * sum <V, grad>`` (about twice the KL between the policies
         before and after an update, momentum aside). It can be a function of the current progress remaining (from 1
@@ -255,7 +291,9 @@ class ACKTR(OnPolicyAlgorithm):
         and its own features extractor); ``kl_clip`` bounds the rest. A separate region keeps large value errors from
         taking the whole step away from the actor (the paper's continuous-control code gave the critic its own
         optimizer too). ``None``: one trust region for all parameters, as in the reference implementations for Atari.
-        It can be a function of the current progress remaining (from 1 to 0).
+        It can be a function of the current progress remaining (from 1 to 0). ``"auto"`` (default): ``None`` when actor
+        and critic share parameters and ``n_critic_updates`` is 1 (the region of the critic's own would bound its head
+        alone, while its loss still moves the shared layers), 0.001 otherwise
     :param damping: Tikhonov damping of the Kronecker-factored Fisher
     :param stats_decay: Decay per update of the running averages of the Kronecker factors: they span about
         ``1 / (1 - stats_decay)`` updates whatever ``stats_update_interval`` (statistics every k updates are folded in
@@ -351,10 +389,10 @@ class ACKTR(OnPolicyAlgorithm):
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
         ent_coef: float = 0.01,
-        vf_coef: float = 0.5,
+        vf_coef: float | Literal["auto"] = "auto",
         momentum: float = 0.9,
         kl_clip: float | Schedule = 0.001,
-        vf_kl_clip: float | Schedule | None = DEFAULT_VF_KL_CLIP,
+        vf_kl_clip: float | Schedule | Literal["auto"] | None = "auto",
         damping: float = 0.01,
         stats_decay: float = 0.99,
         vf_fisher_coef: float = 1.0,
@@ -396,7 +434,7 @@ class ACKTR(OnPolicyAlgorithm):
             gamma=gamma,
             gae_lambda=gae_lambda,
             ent_coef=ent_coef,
-            vf_coef=vf_coef,
+            vf_coef=vf_coef,  # type: ignore[arg-type]  # "auto" until the policy is built (see _resolve_critic_settings)
             max_grad_norm=0.0,  # unused: the trust region bounds the step
             use_sde=use_sde,
             sde_sample_freq=sde_sample_freq,
@@ -416,7 +454,8 @@ class ACKTR(OnPolicyAlgorithm):
             if key in self.policy_kwargs:
                 raise ValueError(f"ACKTR does not accept policy_kwargs['{key}']: it always uses its K-FAC optimizer")
         for name, value in (("vf_coef", vf_coef), ("ent_coef", ent_coef), ("vf_fisher_coef", vf_fisher_coef)):
-            check_number(name, value, 0.0, math.inf)
+            if value != "auto" or name != "vf_coef":
+                check_number(name, value, 0.0, math.inf)
         check_integer("n_critic_updates", n_critic_updates)
         _check_critic_updates(n_critic_updates, vf_kl_clip)
         if stats_batch_size not in (None, "auto"):
@@ -484,9 +523,17 @@ class ACKTR(OnPolicyAlgorithm):
                 f"got {type(self.policy).__name__}"
             )
         _check_training_interface(self.policy)
+        self._resolve_critic_settings()
         self._build_optimizer()
         if self._process_group is not None:
             distributed.broadcast_from_first_rank([*self.policy.parameters(), *self.policy.buffers()])
+
+    def _resolve_critic_settings(self) -> None:
+        """``vf_coef`` and ``vf_kl_clip`` given as ``"auto"``, resolved for the built policy (the model keeps the values)."""
+        if "auto" in (self.vf_coef, self.vf_kl_clip):
+            shared = shares_parameters(self.policy, self.observation_space)
+            self.vf_coef = resolve_vf_coef(self.vf_coef, shared)
+            self.vf_kl_clip = resolve_vf_kl_clip(self.vf_kl_clip, shared, self.n_critic_updates)
 
     def set_random_seed(self, seed: int | None = None) -> None:
         """Seed the random generators; in data-parallel training, each rank from ``seed + rank * n_envs``."""
@@ -503,8 +550,8 @@ class ACKTR(OnPolicyAlgorithm):
         :param progress_remaining: Progress remaining, from 1 (start) to 0 (end)
         :return: ``kl_clip``, then ``vf_kl_clip`` when the critic has its own region
         """
-        bounds = {"kl_clip": self.kl_clip}
-        if self.vf_kl_clip is not None:
+        bounds: dict[str, Any] = {"kl_clip": self.kl_clip}
+        if self.vf_kl_clip is not None and self.vf_kl_clip != "auto":  # "auto" until the policy is built
             bounds["vf_kl_clip"] = self.vf_kl_clip
         values = []
         for name, bound in bounds.items():
@@ -650,6 +697,7 @@ class ACKTR(OnPolicyAlgorithm):
         calls take effect; the ones fixed when the optimizer is built are refused when they changed.
         """
         kfac = self.kfac
+        self._resolve_critic_settings()
         for name in ("damping_mode", "conv_mode", "async_inverse"):
             if getattr(self, name) != getattr(kfac, name):
                 raise ValueError(
@@ -1014,7 +1062,7 @@ def _check_saved_zip(path: str | pathlib.Path | io.BufferedIOBase) -> None:
         )
 
 
-def _check_critic_updates(n_critic_updates: int, vf_kl_clip: float | Schedule | None) -> None:
+def _check_critic_updates(n_critic_updates: int, vf_kl_clip: float | Schedule | Literal["auto"] | None) -> None:
     if n_critic_updates > 1 and vf_kl_clip is None:
         raise ValueError(
             "n_critic_updates > 1 fits the critic-only parameters in their own trust region, but this model has one "
