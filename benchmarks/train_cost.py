@@ -20,7 +20,9 @@ CartPole-v1 section (``mlp-8x20-zoo``: on rollouts of 20 steps, as before the se
 ``mlp-16x20-acrobot-zoo`` those of the Acrobot-v1 section (with its critic steps), in ``mlp-8x128-lunarlander-zoo``,
 ``mlp-1x2048-halfcheetah-zoo`` and ``mlp-1x2048-hopper-zoo`` those of these tasks' sections (in the last two A2C runs on
 ACKTR's 256-256 networks too: the same network), in ``cnn-32x20-cheap`` reduced conv factors, factored damping,
-statistics every 4 updates and inverses every 100 (each timed over at least one inverse refresh interval).
+statistics every 4 updates and inverses every 100 (each timed over at least one inverse refresh interval);
+``dict-8x20`` is SB3's SimpleMultiObsEnv (a 64x64 image and a vector, ``MultiInputPolicy`` with NatureCNN), the
+unseen-task panel's task with images.
 """
 
 import argparse
@@ -37,6 +39,7 @@ import torch as th
 from stable_baselines3 import A2C
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.envs import SimpleMultiObsEnv
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.torch_layers import NatureCNN
@@ -93,6 +96,11 @@ def mlp_case(env: str, n_envs: int, n_steps: int, **acktr: Any) -> dict[str, Any
     return dict(env=env, n_envs=n_envs, n_steps=n_steps, policy="MlpPolicy", acktr=acktr)
 
 
+def dict_images_case(**acktr: Any) -> dict[str, Any]:
+    """SB3's SimpleMultiObsEnv (an image and a vector), 8 x 20 per rollout, ``MultiInputPolicy`` (NatureCNN on the image)."""
+    return dict(env="SimpleMultiObsEnv", n_envs=8, n_steps=20, policy="MultiInputPolicy", acktr=acktr)
+
+
 def same_network(case: dict[str, Any]) -> dict[str, Any]:
     """``case`` with A2C on ACKTR's network (its ``policy_kwargs``) instead of A2C's default one."""
     return dict(case, a2c=dict(policy_kwargs=case["acktr"]["policy_kwargs"]))
@@ -115,6 +123,7 @@ CASES: dict[str, dict[str, Any]] = {
     "cnn-32x20-every-patch": pong_case(patches_per_feature=None, stats_batch_size=None),
     "cnn-32x20-zoo-64": pong_case(**dict(zoo_settings("atari"), stats_batch_size=64)),
     "cnn-32x20-cheap": pong_case(**CHEAP_ATARI_SETTINGS),
+    "dict-8x20": dict_images_case(),
 }
 
 
@@ -125,6 +134,8 @@ def make_env(case: dict) -> VecEnv:
 
         gymnasium.register_envs(ale_py)
         return VecFrameStack(make_atari_env(case["env"], n_envs=case["n_envs"], seed=0), n_stack=4)
+    if case["env"] == "SimpleMultiObsEnv":
+        return make_vec_env(lambda: SimpleMultiObsEnv(random_start=True), n_envs=case["n_envs"], seed=0)
     return make_vec_env(case["env"], n_envs=case["n_envs"], seed=0)
 
 
@@ -185,11 +196,11 @@ def whole_run(algo: str, case_name: str, n_updates: int) -> dict[str, float]:
 
 def whole_run_updates(case_name: str, n_updates: int) -> int:
     """
-    Rollouts per whole run: ``n_updates`` on Atari frames; for an MLP ten times as many and at least 50,000 timesteps
+    Rollouts per whole run: ``n_updates`` on Atari frames; otherwise ten times as many and at least 50,000 timesteps
     (the timesteps per second of runs of a few seconds were unstable).
     """
     case = CASES[case_name]
-    if not case_name.startswith("mlp"):
+    if case["policy"] == "CnnPolicy":
         return n_updates
     return max(10 * n_updates, 50_000 // (case["n_envs"] * case["n_steps"]))
 
