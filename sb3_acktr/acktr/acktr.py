@@ -241,7 +241,7 @@ def parameter_roles(policy: ActorCriticPolicy, observation_space: spaces.Space) 
 
 
 def resolve_vf_coef(vf_coef: float | Literal["auto"], shared: bool) -> float:
-    """The value coefficient. ``"auto"``: ``AUTO_SHARED_VF_COEF`` when actor and critic share parameters, else 0.5."""
+    """The value coefficient. ``"auto"``: ``AUTO_SHARED_VF_COEF`` when actor and critic share parameters, else SB3's."""
     if vf_coef != "auto":
         return vf_coef
     return AUTO_SHARED_VF_COEF if shared else DEFAULT_VF_COEF
@@ -454,7 +454,7 @@ class ACKTR(OnPolicyAlgorithm):
             if key in self.policy_kwargs:
                 raise ValueError(f"ACKTR does not accept policy_kwargs['{key}']: it always uses its K-FAC optimizer")
         for name, value in (("vf_coef", vf_coef), ("ent_coef", ent_coef), ("vf_fisher_coef", vf_fisher_coef)):
-            if value != "auto" or name != "vf_coef":
+            if not (name == "vf_coef" and value == "auto"):
                 check_number(name, value, 0.0, math.inf)
         check_integer("n_critic_updates", n_critic_updates)
         _check_critic_updates(n_critic_updates, vf_kl_clip)
