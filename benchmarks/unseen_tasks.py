@@ -10,7 +10,8 @@ same environments, wrappers, budget and evaluations per task.
 The panel is split in two halves: defaults may be chosen on the ``tuning`` tasks only; the ``held-out`` ones are only
 reported. Each run trains in a subprocess with one thread (``--jobs`` at a time) and appends one row to
 ``benchmarks/results/unseen_tasks.csv``: ``final_return`` is the final policy's mean return over ``final_episodes``
-deterministic episodes, ``mean_return`` the mean of the evaluations over the run (``eval_episodes`` episodes every
+deterministic episodes (sampled actions on Atari), ``mean_return`` the mean of the evaluations over the run
+(``eval_episodes`` episodes every
 ``eval_freq`` timesteps; the area under the curve), ``seconds`` the run's training time. ``--params KEY=VALUE`` (Python
 literals) change ACKTR's constructor arguments; such a run is a variant, reported beside the defaults. The Atari games
 (``CnnPolicy``, the panel's 8 environments with 4 stacked frames) save a checkpoint every ``CHECKPOINT_FREQ`` timesteps
@@ -22,6 +23,7 @@ import ast
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,12 +159,16 @@ def train_one(env_id: str, algo: str, seed: int, params: str = "", checkpoints: 
             warn=False,
         )
         evaluation.evaluations_timesteps, evaluation.evaluations_results = progress["timesteps"], progress["results"]
+        evaluation.n_calls = model.num_timesteps // N_ENVS  # a resumed run evaluates at the same timesteps
         callbacks = [evaluation, Checkpoint(folder, evaluation, progress["seconds"])] if task.atari else [evaluation]
         start = time.perf_counter()
-        model.learn(task.budget - model.num_timesteps, callback=callbacks, reset_num_timesteps=model.num_timesteps == 0)
+        remaining = max(task.budget - model.num_timesteps, 0)
+        model.learn(remaining, callback=callbacks, reset_num_timesteps=model.num_timesteps == 0)
         seconds = progress["seconds"] + time.perf_counter() - start
     sync_envs_normalization(env, eval_env)
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=task.final_episodes, deterministic=not task.atari)
+    if model.num_timesteps >= task.budget:  # finished: its checkpoint must not start another run
+        shutil.rmtree(folder, ignore_errors=True)
     return dict(
         env=env_id,
         algo=algo,
@@ -177,10 +183,11 @@ def train_one(env_id: str, algo: str, seed: int, params: str = "", checkpoints: 
 
 def resume(folder: Path, algo: str, env):  # type: ignore[no-untyped-def]
     """The model and the progress (evaluations, training seconds) of a run's last checkpoint, or ``(None, empty)``."""
-    if not (folder / "progress.json").is_file():
+    if not (folder / "latest").is_file():
         return None, dict(timesteps=[], results=[], seconds=0.0)
-    model = algorithm_class(algo).load(folder / "model.zip", env=env, device="cpu")
-    progress = json.loads((folder / "progress.json").read_text())
+    checkpoint = folder / (folder / "latest").read_text()
+    model = algorithm_class(algo).load(checkpoint / "model.zip", env=env, device="cpu")
+    progress = json.loads((checkpoint / "progress.json").read_text())
     # An ACKTR checkpoint resumes at the start of the rollout it was saved in: the evaluations after it are made again.
     kept = [index for index, step in enumerate(progress["timesteps"]) if step <= model.num_timesteps]
     progress["timesteps"] = [progress["timesteps"][index] for index in kept]
@@ -190,8 +197,9 @@ def resume(folder: Path, algo: str, env):  # type: ignore[no-untyped-def]
 
 class Checkpoint(BaseCallback):
     """
-    Saves the model and the run's progress (its evaluations so far and training seconds, written after the model) every
-    ``CHECKPOINT_FREQ`` timesteps.
+    Saves the model and the run's progress (its evaluations so far and training seconds) every ``CHECKPOINT_FREQ``
+    timesteps into a folder of their own, then points the file ``latest`` at it (renamed into place: a run cut while
+    saving resumes from the previous checkpoint).
     """
 
     def __init__(self, folder: Path, evaluation: EvalCallback, seconds: float) -> None:
@@ -204,14 +212,20 @@ class Checkpoint(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self.next_save:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.model.save(self.folder / "model.zip")
+            checkpoint = self.folder / f"at_{self.num_timesteps}"
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            self.model.save(checkpoint / "model.zip")
             progress = dict(
                 timesteps=[int(step) for step in self.evaluation.evaluations_timesteps],
                 results=[[float(value) for value in result] for result in self.evaluation.evaluations_results],
                 seconds=self.seconds + time.perf_counter() - self.start,
             )
-            (self.folder / "progress.json").write_text(json.dumps(progress))
+            (checkpoint / "progress.json").write_text(json.dumps(progress))
+            (self.folder / "latest.tmp").write_text(checkpoint.name)
+            os.replace(self.folder / "latest.tmp", self.folder / "latest")
+            for previous in self.folder.glob("at_*"):
+                if previous != checkpoint:
+                    shutil.rmtree(previous)
             self.next_save += CHECKPOINT_FREQ
         return True
 

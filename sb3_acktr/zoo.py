@@ -110,13 +110,13 @@ def convert_acktr_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
 def preprocess_trust_region_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
     """
     ``kl_clip: lin_0.003`` (or ``vf_kl_clip``) in a hyperparameter file: a linear decay to 0, as ``lin_`` gives for
-    the zoo's learning rates.
+    the zoo's learning rates (``vf_kl_clip: auto`` is kept: ACKTR resolves it).
     """
     from rl_zoo3.utils import SimpleLinearSchedule
 
     for key in TRUST_REGION_BOUNDS:
         value = hyperparams.get(key)
-        if isinstance(value, str):
+        if isinstance(value, str) and not (key == "vf_kl_clip" and value == "auto"):
             kind, _, initial = value.partition("_")
             try:
                 if kind != "lin":

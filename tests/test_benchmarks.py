@@ -405,20 +405,34 @@ def test_unseen_tasks_panel_runs_each_kind_of_task_and_reports(
 
 
 def test_unseen_tasks_panel_resumes_an_atari_run_from_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An Atari run cut after a checkpoint goes on from it, with the evaluations made before it."""
+    """
+    An Atari run cut after a checkpoint goes on from it, with the evaluations made before it and the evaluation schedule
+    of an uncut run; a finished run leaves no checkpoint behind.
+    """
     env_id = "AsterixNoFrameskip-v4"
-    monkeypatch.setattr(unseen_tasks, "CHECKPOINT_FREQ", 320)
-    first = unseen_tasks.PANEL[env_id]._replace(budget=480, eval_freq=160, eval_episodes=1, final_episodes=1)
-    monkeypatch.setitem(unseen_tasks.PANEL, env_id, first)
-    unseen_tasks.train_one(env_id, "acktr", 0, checkpoints=tmp_path)
-    progress = json.loads((tmp_path / env_id / "acktr" / "seed_0" / "progress.json").read_text())
-    assert progress["timesteps"] == [160, 320] and progress["seconds"] > 0
-    monkeypatch.setitem(unseen_tasks.PANEL, env_id, first._replace(budget=640))
+    monkeypatch.setattr(unseen_tasks, "CHECKPOINT_FREQ", 640)
+    task = unseen_tasks.PANEL[env_id]._replace(budget=960, eval_freq=320, eval_episodes=1, final_episodes=1)
+    monkeypatch.setitem(unseen_tasks.PANEL, env_id, task)
+    folder = tmp_path / env_id / "acktr" / "seed_0"
+    with monkeypatch.context() as patch:
+        save = unseen_tasks.Checkpoint._on_step
+        patch.setattr(unseen_tasks.Checkpoint, "_on_step", lambda self: save(self) and not (folder / "latest").exists())
+        unseen_tasks.train_one(env_id, "acktr", 0, checkpoints=tmp_path)  # cut right after its first checkpoint
+    assert (folder / "latest").read_text() == "at_640" and [path.name for path in folder.glob("at_*")] == ["at_640"]
+    progress = json.loads((folder / "at_640" / "progress.json").read_text())
+    assert progress["timesteps"] == [320, 640] and progress["seconds"] > 0
+    evaluations = []
+
+    class RecordedEvalCallback(unseen_tasks.EvalCallback):
+        def _init_callback(self) -> None:
+            super()._init_callback()
+            evaluations.append(self)
+
+    monkeypatch.setattr(unseen_tasks, "EvalCallback", RecordedEvalCallback)
     row = unseen_tasks.train_one(env_id, "acktr", 0, checkpoints=tmp_path)
-    saved = json.loads((tmp_path / env_id / "acktr" / "seed_0" / "progress.json").read_text())
-    assert row["timesteps"] == 640 and saved["timesteps"] == [160, 320, 480, 640]
-    # ACKTR resumes at the start of the rollout saved at 320 timesteps: the evaluation at 320 is made again.
-    assert saved["results"][0] == progress["results"][0] and float(row["seconds"]) > progress["seconds"]
+    # ACKTR resumes at the start of the rollout it saved (480): the evaluation at 640 is made again, then 960.
+    assert row["timesteps"] == 960 and evaluations[0].evaluations_timesteps == [320, 640, 960]
+    assert evaluations[0].evaluations_results[0] == progress["results"][0] and not folder.exists()
 
 
 def test_unseen_tasks_panel_keeps_tasks_with_a_section_out() -> None:

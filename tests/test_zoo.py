@@ -186,6 +186,15 @@ def test_trust_region_schedules_from_the_command_line(tmp_path: Path) -> None:
         zoo("train", "--env", "CartPole-v1", "-n", 320, "-f", tmp_path, "--eval-freq", -1, "-params", "vf_kl_clip:'lin_x'")
 
 
+def test_zoo_keeps_vf_kl_clip_auto_for_acktr() -> None:
+    from sb3_acktr.zoo import preprocess_trust_region_schedules
+
+    kept = {"vf_kl_clip": "auto", "vf_coef": "auto"}
+    assert preprocess_trust_region_schedules(dict(kept)) == kept
+    with pytest.raises(ValueError, match="kl_clip must be a number"):
+        preprocess_trust_region_schedules({"kl_clip": "auto"})
+
+
 @pytest.mark.parametrize(
     "schedule, vf_kl_clip, n_critic_updates, expected_critic_updates",
     [("constant", None, 10, 1), ("linear", None, 1, 1), ("constant", 0.03, 3, 3)],

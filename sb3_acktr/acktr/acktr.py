@@ -534,6 +534,7 @@ class ACKTR(OnPolicyAlgorithm):
             shared = shares_parameters(self.policy, self.observation_space)
             self.vf_coef = resolve_vf_coef(self.vf_coef, shared)
             self.vf_kl_clip = resolve_vf_kl_clip(self.vf_kl_clip, shared, self.n_critic_updates)
+        check_number("vf_coef", self.vf_coef, 0.0, math.inf)  # also a value given to load
 
     def set_random_seed(self, seed: int | None = None) -> None:
         """Seed the random generators; in data-parallel training, each rank from ``seed + rank * n_envs``."""
@@ -1066,7 +1067,8 @@ def _check_critic_updates(n_critic_updates: int, vf_kl_clip: float | Schedule | 
     if n_critic_updates > 1 and vf_kl_clip is None:
         raise ValueError(
             "n_critic_updates > 1 fits the critic-only parameters in their own trust region, but this model has one "
-            f"trust region (vf_kl_clip=None, or a model saved with one): set vf_kl_clip (e.g. {DEFAULT_VF_KL_CLIP}) "
+            f'trust region (vf_kl_clip=None, or a model saved with one, as "auto" saves actor and critic that share '
+            f"parameters): set vf_kl_clip (e.g. {DEFAULT_VF_KL_CLIP}) "
             "for a new model, or use n_critic_updates=1"
         )
 
