@@ -266,7 +266,8 @@ class ACKTR(OnPolicyAlgorithm):
     Paper: https://arxiv.org/abs/1708.05144
     A2C's loss and rollouts, with the gradient step replaced by a K-FAC natural gradient (one Fisher for actor
     and critic together), a KL trust region and momentum SGD. Defaults follow OpenAI Baselines' ACKTR, except that a
-    critic that shares no parameters with the actor gets a trust region of its own (``vf_kl_clip``).
+    critic that shares no parameters with the actor gets a trust region of its own (``vf_kl_clip``), and one that
+    shares them a smaller ``vf_coef``.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, ...); ACKTR's ``CnnPolicy`` uses the
         paper's network, :class:`~sb3_acktr.AcktrCNN` (see :class:`sb3_acktr.acktr.policies.CnnPolicy`). Training
@@ -305,7 +306,8 @@ class ACKTR(OnPolicyAlgorithm):
     :param n_critic_updates: K-FAC steps per update on the value loss for the parameters that only the critic uses
         (the paper's continuous-control code fitted its critic with 25 per batch; sb3-contrib's TRPO takes
         ``n_critic_updates`` Adam steps): the first is the update's joint step, each further one a critic forward and
-        backward pass preconditioned by the same factors and bounded by ``vf_kl_clip``, which must then be set
+        backward pass preconditioned by the same factors and bounded by ``vf_kl_clip``, which must then not be
+        ``None`` (``"auto"`` then gives 0.001)
     :param damping_mode: ``"exact"`` (eigendecompositions, damping added to eigenvalue products) or
         ``"factored"`` (pi-adjusted Tikhonov damping, Cholesky inverses)
     :param conv_mode: ``"expand"`` (KFC) or ``"reduce"`` statistics for convolutions
