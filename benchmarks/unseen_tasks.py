@@ -65,14 +65,14 @@ PANEL: dict[str, Task] = {
     "Reacher-v5": Task("tuning", 150_000, 15_000, normalize=True),
     "Taxi-v4": Task("tuning", 150_000, 15_000, normalize=False),
     "MountainCarContinuous-v0": Task("tuning", 100_000, 10_000, normalize=False, eval_episodes=5),
+    "BreakoutNoFrameskip-v4": Task(
+        "tuning", 500_000, 50_000, False, "CnnPolicy", eval_episodes=5, final_episodes=10, atari=True
+    ),
     "InvertedPendulum-v5": Task("held-out", 100_000, 10_000, normalize=True, eval_episodes=5),
     "Pusher-v5": Task("held-out", 150_000, 15_000, normalize=True),
     "Blackjack-v1": Task("held-out", 100_000, 10_000, normalize=False, eval_episodes=200, final_episodes=2_000),
     "FrozenLake-v1": Task("held-out", 100_000, 10_000, normalize=False, eval_episodes=100, final_episodes=1_000),
     "SimpleMultiObsEnv": Task("held-out", 50_000, 5_000, normalize=False, policy="MultiInputPolicy"),
-    "BreakoutNoFrameskip-v4": Task(
-        "tuning", 500_000, 50_000, False, "CnnPolicy", eval_episodes=5, final_episodes=10, atari=True
-    ),
     "AsterixNoFrameskip-v4": Task(
         "held-out", 500_000, 50_000, False, "CnnPolicy", eval_episodes=5, final_episodes=10, atari=True
     ),
