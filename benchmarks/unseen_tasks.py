@@ -30,7 +30,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
@@ -101,8 +101,10 @@ def make_env(env_id: str):  # type: ignore[no-untyped-def]
 def make_vec_envs(env_id: str, seed: int):  # type: ignore[no-untyped-def]
     """The training environments (``N_ENVS``) and the evaluation one, normalised alike where the task says so."""
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
-    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize, VecTransposeImage
+    from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize, VecTransposeImage
 
+    env: VecEnv
+    eval_env: VecEnv
     if PANEL[env_id].atari:
         import ale_py
         import gymnasium as gym
@@ -146,7 +148,7 @@ def train_one(env_id: str, algo: str, seed: int, params: str = "", checkpoints: 
     task = PANEL[env_id]
     env, eval_env = make_vec_envs(env_id, seed)
     folder = checkpoints / env_id / (f"{algo}[{params}]" if params else algo) / f"seed_{seed}"
-    model, progress = resume(folder, algo, env) if task.atari else (None, dict(timesteps=[], results=[], seconds=0.0))
+    model, progress = resume(folder, algo, env) if task.atari else (None, new_progress())
     if model is None:
         model = algorithm_class(algo)(task.policy, env, seed=seed, device="cpu", **parse_params(params))
     with tempfile.TemporaryDirectory() as log_path:  # EvalCallback keeps its results only when it writes them
@@ -181,10 +183,15 @@ def train_one(env_id: str, algo: str, seed: int, params: str = "", checkpoints: 
     )
 
 
-def resume(folder: Path, algo: str, env):  # type: ignore[no-untyped-def]
+def new_progress() -> dict[str, Any]:
+    """The progress of a run that starts: no evaluation, no training time."""
+    return dict(timesteps=[], results=[], seconds=0.0)
+
+
+def resume(folder: Path, algo: str, env) -> tuple[Any, dict[str, Any]]:  # type: ignore[no-untyped-def]
     """The model and the progress (evaluations, training seconds) of a run's last checkpoint, or ``(None, empty)``."""
     if not (folder / "latest").is_file():
-        return None, dict(timesteps=[], results=[], seconds=0.0)
+        return None, new_progress()
     checkpoint = folder / (folder / "latest").read_text()
     model = algorithm_class(algo).load(checkpoint / "model.zip", env=env, device="cpu")
     progress = json.loads((checkpoint / "progress.json").read_text())
