@@ -11,11 +11,11 @@ The panel is split in two halves: defaults may be chosen on the ``tuning`` tasks
 reported. Each run trains in a subprocess with one thread (``--jobs`` at a time) and appends one row to
 ``benchmarks/results/unseen_tasks.csv``: ``final_return`` is the final policy's mean return over ``final_episodes``
 deterministic episodes (sampled actions on Atari), ``mean_return`` the mean of the evaluations over the run
-(``eval_episodes`` episodes every
-``eval_freq`` timesteps; the area under the curve), ``seconds`` the run's training time. ``--params KEY=VALUE`` (Python
-literals) change ACKTR's constructor arguments; such a run is a variant, reported beside the defaults. The Atari games
-(``CnnPolicy``, the panel's 8 environments with 4 stacked frames) save a checkpoint every ``CHECKPOINT_FREQ`` timesteps
-in ``benchmarks/results/runs/unseen_tasks/`` and a run cut short goes on from its last one.
+(``eval_episodes`` episodes every ``eval_freq`` timesteps; the area under the curve), ``seconds`` the run's training
+time. ``--params KEY=VALUE`` (Python literals) change ACKTR's constructor arguments; such a run is a variant, reported
+beside the defaults. The Atari games (``CnnPolicy``, the panel's 8 environments with 4 stacked frames) save a checkpoint
+every ``CHECKPOINT_FREQ`` timesteps in ``benchmarks/results/runs/unseen_tasks/`` and a run cut short goes on from its
+last one.
 """
 
 import argparse
