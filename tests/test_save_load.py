@@ -17,6 +17,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_acktr import ACKTR
+from sb3_acktr.acktr.acktr import FORMER_CNN_NET_ARCH
 from sb3_acktr.kfac import compute_inverse
 from sb3_acktr.kfac.optimizer import AVERAGE_KEYS
 
@@ -160,6 +161,25 @@ def test_cnn_save_load_keeps_factors(tmp_path: Path) -> None:
         original, restored = model.kfac.factors(block), loaded.kfac.factors(loaded_block)
         assert original is not None and restored is not None
         assert th.equal(original[0], restored[0]) and th.equal(original[1], restored[1])
+
+
+def test_cnn_policy_saved_with_its_former_heads_loads_as_trained(tmp_path: Path) -> None:
+    """A CnnPolicy saved when its default network put SB3's 64-64 layers after the extractor loads with them."""
+    model = ACKTR(
+        "CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36), n_steps=4, seed=0,
+        policy_kwargs=dict(net_arch=FORMER_CNN_NET_ARCH),
+    )  # fmt: skip
+    model.set_logger(Logger(None, []))
+    model.learn(8)
+    model.policy_kwargs = {}  # what such a zip holds: no net_arch
+    model.save(tmp_path / "former")
+    loaded = ACKTR.load(tmp_path / "former")
+    assert loaded.policy_kwargs["net_arch"] == FORMER_CNN_NET_ARCH
+    assert th.equal(parameters_vector(loaded), parameters_vector(model))
+    # A zip of the current default (no heads) loads with it.
+    current = ACKTR("CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36), n_steps=4, seed=0)
+    current.save(tmp_path / "current")
+    assert "net_arch" not in ACKTR.load(tmp_path / "current").policy_kwargs
 
 
 def test_same_seed_same_parameters() -> None:

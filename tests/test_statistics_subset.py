@@ -178,6 +178,12 @@ def test_cnn_policy_uses_the_papers_network_unless_told_otherwise() -> None:
     # The fully connected layer, whose Kronecker factor dominates K-FAC's cost, has half NatureCNN's inputs.
     widths = [model.policy.features_extractor.get_submodule("linear.0").in_features for model in (default, nature)]
     assert widths == [32 * 7 * 7, 64 * 7 * 7]
+    # The action and value layers read the 512 features directly, as in the paper's network; net_arch adds layers.
+    for model in (default, nature):
+        assert model.policy.action_net.in_features == model.policy.value_net.in_features == 512
+        assert not list(model.policy.mlp_extractor.parameters())
+    layered = ACKTR("CnnPolicy", env, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[32])))
+    assert (layered.policy.action_net.in_features, layered.policy.value_net.in_features) == (64, 32)
 
 
 def test_acktr_cnn_computes_channels_last_what_it_would_channels_first() -> None:

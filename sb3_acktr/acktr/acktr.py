@@ -51,6 +51,8 @@ DEFAULT_VF_COEF = 0.5
 AUTO_SHARED_VF_COEF = 0.25
 # Name of the critic's own trust region (a param group of the optimizer).
 VALUE_REGION = "value"
+# CnnPolicy's network before it defaulted to the paper's (heads on the features): SB3's layers after any extractor.
+FORMER_CNN_NET_ARCH: dict[str, list[int]] = dict(pi=[64, 64], vf=[64, 64])
 
 # The paper's adaptive step (its continuous-control code): after an update whose KL exceeds twice ``target_kl`` the
 # learning rate is divided by this factor, after one whose KL is under half of it multiplied by it.
@@ -597,9 +599,11 @@ class ACKTR(OnPolicyAlgorithm):
     ) -> SelfACKTR:
         """
         SB3's ``load``, after checking that a saved file is a whole zip (a truncated save is named as such). A zip saved
-        without the K-FAC optimizer state loads with a warning (its statistics, inverses and momentum start anew).
+        without the K-FAC optimizer state loads with a warning (its statistics, inverses and momentum start anew). A
+        ``CnnPolicy`` saved before its heads read the features directly loads with the 64-64 layers it was trained with.
         """
         _check_saved_zip(path)
+        custom_objects = _former_cnn_heads(path, custom_objects)
         token = _LOADING.set(True)
         try:
             return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
@@ -1063,6 +1067,29 @@ def _check_saved_zip(path: str | pathlib.Path | io.BufferedIOBase) -> None:
             f"{file} is not a whole model save (a zip file cut short or damaged, e.g. by a crash or a full disk while "
             f"saving: {problem}): save the model again, or load an earlier checkpoint"
         )
+
+
+def _former_cnn_heads(
+    path: str | pathlib.Path | io.BufferedIOBase, custom_objects: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """
+    ``custom_objects`` that load a ``CnnPolicy`` saved with its former default network (SB3's 64-64 actor and critic
+    layers after the features extractor, from before ``CnnPolicy`` defaulted to ``net_arch=[]``) as it was trained.
+    """
+    if not isinstance(path, (str, pathlib.Path)) or "policy_kwargs" in (custom_objects or {}):
+        return custom_objects
+    try:
+        data, params, _ = load_from_zip_file(path, device="cpu", custom_objects=custom_objects)
+    except (ValueError, FileNotFoundError):
+        return custom_objects  # SB3's load names the problem
+    data, params = data or {}, params or {}
+    policy_kwargs = data.get("policy_kwargs") or {}
+    policy_class = data.get("policy_class")
+    is_cnn_policy = isinstance(policy_class, type) and issubclass(policy_class, CnnPolicy)
+    saved_heads = any(key.startswith("mlp_extractor.policy_net.") for key in params.get("policy", {}))
+    if not is_cnn_policy or "net_arch" in policy_kwargs or not saved_heads:
+        return custom_objects
+    return {**(custom_objects or {}), "policy_kwargs": {**policy_kwargs, "net_arch": FORMER_CNN_NET_ARCH}}
 
 
 def _check_critic_updates(n_critic_updates: int, vf_kl_clip: float | Schedule | Literal["auto"] | None) -> None:

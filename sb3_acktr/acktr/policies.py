@@ -16,10 +16,11 @@ MultiInputPolicy = MultiInputActorCriticPolicy
 
 class CnnPolicy(ActorCriticCnnPolicy):
     """
-    SB3's ``ActorCriticCnnPolicy`` with :class:`~sb3_acktr.AcktrCNN` (the ACKTR paper's network) as default features
-    extractor instead of ``NatureCNN``: its fully connected layer has half the inputs, which makes the Kronecker factor
-    that dominates K-FAC's cost four times smaller. Like any extractor other than ``NatureCNN``, it is followed by SB3's
-    default 64-64 actor and critic networks. ``policy_kwargs=dict(features_extractor_class=NatureCNN)`` restores SB3's.
+    SB3's ``ActorCriticCnnPolicy`` with the ACKTR paper's network: :class:`~sb3_acktr.AcktrCNN` as default features
+    extractor instead of ``NatureCNN`` (its fully connected layer has half the inputs, which makes the Kronecker factor
+    that dominates K-FAC's cost four times smaller), and the action and value layers reading its features directly
+    (``net_arch=[]``, as SB3 builds ``NatureCNN``'s policy). ``policy_kwargs=dict(features_extractor_class=NatureCNN)``
+    restores SB3's extractor; ``net_arch`` adds layers between the features and the heads.
 
     Image batches are made channels-last (``torch.channels_last``) before SB3 converts them to floats: the layout that
     PyTorch's CPU convolutions compute fastest, here obtained by copying the 1-byte pixels rather than the 4-byte floats.
@@ -34,13 +35,19 @@ class CnnPolicy(ActorCriticCnnPolicy):
         lr_schedule: Schedule,
         *,
         features_extractor_class: type[BaseFeaturesExtractor] = AcktrCNN,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         if not kwargs.get("normalize_images", True) and issubclass(features_extractor_class, AcktrCNN):
             # What SB3 does for NatureCNN: images that are already normalised (floats, any bounds) are taken as they are.
             kwargs["features_extractor_kwargs"] = dict(kwargs.get("features_extractor_kwargs") or {}, normalized_image=True)
         super().__init__(
-            observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
+            observation_space,
+            action_space,
+            lr_schedule,
+            features_extractor_class=features_extractor_class,
+            net_arch=[] if net_arch is None else net_arch,
+            **kwargs,
         )
 
     def extract_features(  # type: ignore[override]
