@@ -1,14 +1,16 @@
 """
 What an ACKTR run does update by update: trains one seed with a section of the zoo's hyperparameter file (and
-overrides), logs every update to CSV and prints, for each tenth of the budget, the medians of the KL per update, the
-trust-region scales, the entropy, the value loss and explained variance, the training return, and the deterministic
-evaluation return (10 episodes every 2.5k timesteps).
+overrides), or with the library defaults on a task of the unseen-task panel, logs every update to CSV and prints, for
+each tenth of the budget, the medians of the KL per update, the trust-region scales, the entropy, the value loss and
+explained variance, the training return, and the deterministic evaluation return (10 episodes every 2.5k timesteps).
 
     python benchmarks/training_diagnostics.py --env CartPole-v1 --seed 1
     python benchmarks/training_diagnostics.py --env CartPole-v1 --seed 1 --params vf_coef:0.1 --folder /tmp/cartpole
+    python benchmarks/training_diagnostics.py --env Blackjack-v1 --seed 0 --budget 20000     # a panel task's defaults
 
 ``--params`` takes rl-zoo3's ``KEY:VALUE`` form (``lin_<initial value>`` for a linear schedule, ``None`` or
-``null``). The environments are first_reach.py's (the section's ``n_envs`` and normalisation).
+``null``). A section's environments are first_reach.py's (the section's ``n_envs`` and normalisation), a panel task's
+unseen_tasks.py's (8 environments, ``VecNormalize`` where the panel normalises).
 """
 
 import argparse
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch as th
+import unseen_tasks
 import yaml
 from first_reach import TASKS, make_envs
 from rl_zoo3.utils import SimpleLinearSchedule
@@ -51,20 +54,29 @@ def hyperparameter(value: Any) -> Any:
 
 
 def section_arguments(env_id: str, params: list[str]) -> dict[str, Any]:
-    section = hyperparameter_sections()[env_id]
+    """The ACKTR arguments of a task: its zoo section (none for a panel task: the library defaults), then ``params``."""
+    section = {} if env_id in unseen_tasks.PANEL else hyperparameter_sections()[env_id]
     for param in params:
         key, _, value = param.partition(":")
         section[key] = None if value == "None" else yaml.safe_load(value)
     return {key: hyperparameter(value) for key, value in section.items() if key not in ZOO_KEYS}
 
 
-def train(env_id: str, seed: int, params: list[str], folder: Path) -> None:
-    env, eval_env = make_envs(env_id, seed)
-    model = ACKTR("MlpPolicy", env, seed=seed, log_kl=True, **section_arguments(env_id, params))
+def default_budget(env_id: str) -> int:
+    return unseen_tasks.PANEL[env_id].budget if env_id in unseen_tasks.PANEL else int(TASKS[env_id]["budget"])
+
+
+def train(env_id: str, seed: int, params: list[str], folder: Path, budget: int | None = None) -> None:
+    if env_id in unseen_tasks.PANEL:
+        env, eval_env = unseen_tasks.make_vec_envs(env_id, seed)
+        policy = unseen_tasks.PANEL[env_id].policy
+    else:
+        env, eval_env = make_envs(env_id, seed)
+        policy = "MlpPolicy"
+    model = ACKTR(policy, env, seed=seed, log_kl=True, **section_arguments(env_id, params))
     model.set_logger(configure(str(folder), ["csv"]))
-    n_envs = int(TASKS[env_id]["n_envs"])
-    evaluation = EvalCallback(eval_env, eval_freq=2_500 // n_envs, n_eval_episodes=10, log_path=str(folder), verbose=0)
-    model.learn(int(TASKS[env_id]["budget"]), callback=evaluation, log_interval=1)
+    evaluation = EvalCallback(eval_env, eval_freq=2_500 // env.num_envs, n_eval_episodes=10, log_path=str(folder), verbose=0)
+    model.learn(budget or default_budget(env_id), callback=evaluation, log_interval=1)
 
 
 def summary(folder: Path, budget: int) -> pd.DataFrame:
@@ -81,17 +93,19 @@ def summary(folder: Path, budget: int) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", required=True, choices=list(TASKS))
+    parser.add_argument("--env", required=True, choices=[*TASKS, *unseen_tasks.PANEL])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--params", nargs="*", default=[], help="KEY:VALUE overrides of the section")
+    parser.add_argument("--params", nargs="*", default=[], help="KEY:VALUE overrides of the section (or defaults)")
+    parser.add_argument("--budget", type=int, help="timesteps (default: the task's)")
     parser.add_argument("--folder", type=Path, help="where the CSV log and evaluations go (default: a temporary folder)")
     args = parser.parse_args()
     th.set_num_threads(1)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="acktr_diagnostics_"))
-    train(args.env, args.seed, args.params, folder)
+    budget = args.budget or default_budget(args.env)
+    train(args.env, args.seed, args.params, folder, budget)
     pd.set_option("display.width", 200)
     print(f"{args.env} seed {args.seed} {' '.join(args.params)} (log: {folder})")
-    print(summary(folder, int(TASKS[args.env]["budget"])).to_string(float_format=lambda x: f"{x:.3g}"))
+    print(summary(folder, budget).to_string(float_format=lambda x: f"{x:.3g}"))
 
 
 if __name__ == "__main__":

@@ -178,6 +178,15 @@ def test_training_diagnostics_reads_the_section_and_summarises_each_tenth(
     assert (table["kl"] > 0).all() and (table["step factor"] > 0).all() and table["evaluation"].notna().sum() == 2
 
 
+def test_training_diagnostics_runs_a_panel_task_with_the_library_defaults(tmp_path: Path) -> None:
+    assert training_diagnostics.section_arguments("Blackjack-v1", ["ent_coef:0.0", "kl_clip:lin_0.002"])["ent_coef"] == 0.0
+    assert training_diagnostics.section_arguments("Blackjack-v1", []) == {}
+    assert training_diagnostics.default_budget("Blackjack-v1") == unseen_tasks.PANEL["Blackjack-v1"].budget
+    training_diagnostics.train("Blackjack-v1", 0, [], tmp_path, budget=5_000)
+    table = training_diagnostics.summary(tmp_path, 5_000)
+    assert (table["kl"] > 0).all() and table["evaluation"].notna().sum() == 2
+
+
 @pytest.mark.parametrize("case", ["mlp-8x20", "mlp-8x10-zoo", "cnn-32x20-zoo"])
 def test_train_cost_times_both_algorithms_on_the_same_batch(case: str) -> None:
     result = train_cost.train_ratio(train_cost.CASES[case], n_updates=2, rounds=1)
