@@ -21,8 +21,8 @@ CartPole-v1 section (``mlp-8x20-zoo``: on rollouts of 20 steps, as before the se
 ``mlp-1x2048-halfcheetah-zoo`` and ``mlp-1x2048-hopper-zoo`` those of these tasks' sections (in the last two A2C runs on
 ACKTR's 256-256 networks too: the same network), in ``cnn-32x20-cheap`` reduced conv factors, factored damping,
 statistics every 4 updates and inverses every 100 (each timed over at least one inverse refresh interval);
-``dict-8x20`` is SB3's SimpleMultiObsEnv (a 64x64 image and a vector, ``MultiInputPolicy`` with NatureCNN), the
-unseen-task panel's task with images.
+``cnn-8x20`` is the unseen-task panel's Atari set-up (8 environments); ``dict-8x20`` is SB3's SimpleMultiObsEnv (a
+64x64 image and a vector, ``MultiInputPolicy`` with NatureCNN), the unseen-task panel's task with images.
 """
 
 import argparse
@@ -107,6 +107,7 @@ def same_network(case: dict[str, Any]) -> dict[str, Any]:
 
 
 CASES: dict[str, dict[str, Any]] = {
+    "cnn-8x20": pong_case(8),
     "cnn-16x20": pong_case(16),
     "cnn-32x20": pong_case(),
     "cnn-32x20-whole-rollout": pong_case(stats_batch_size=None),
