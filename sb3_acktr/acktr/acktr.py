@@ -21,7 +21,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.running_mean_std import RunningMeanStd
-from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.save_util import json_to_data, load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
@@ -1050,11 +1050,9 @@ def _check_saved_zip(path: str | pathlib.Path | io.BufferedIOBase) -> None:
     Refuse a save whose zip is cut short or whose directory is damaged (by a crash or a full disk while saving), naming
     the file; a member damaged inside is reported by SB3's load (a ``ValueError`` too).
     """
-    if not isinstance(path, (str, pathlib.Path)):
-        return
-    file = next((candidate for candidate in (pathlib.Path(path), pathlib.Path(f"{path}.zip")) if candidate.is_file()), None)
+    file = _saved_zip_file(path)
     if file is None:
-        return  # SB3 names the missing file
+        return  # SB3 names the missing file (or reads the stream)
     # Opening reads only the zip's directory (at its end): a cut-short file fails here or lacks its data entry, and the
     # members themselves are read once, by SB3's load.
     try:
@@ -1069,25 +1067,34 @@ def _check_saved_zip(path: str | pathlib.Path | io.BufferedIOBase) -> None:
         )
 
 
+def _saved_zip_file(path: str | pathlib.Path | io.BufferedIOBase) -> pathlib.Path | None:
+    """The file that SB3's load reads for ``path`` (which may leave out ``.zip``), or None for a stream or no file."""
+    if not isinstance(path, (str, pathlib.Path)):
+        return None
+    return next((candidate for candidate in (pathlib.Path(path), pathlib.Path(f"{path}.zip")) if candidate.is_file()), None)
+
+
 def _former_cnn_heads(
     path: str | pathlib.Path | io.BufferedIOBase, custom_objects: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """
     ``custom_objects`` that load a ``CnnPolicy`` saved with its former default network (SB3's 64-64 actor and critic
     layers after the features extractor, from before ``CnnPolicy`` defaulted to ``net_arch=[]``) as it was trained.
+    Reads the zip's data, and its policy's weights only for a ``CnnPolicy`` saved without ``net_arch``.
     """
-    if not isinstance(path, (str, pathlib.Path)) or "policy_kwargs" in (custom_objects or {}):
+    file = _saved_zip_file(path)
+    if file is None or "policy_kwargs" in (custom_objects or {}):
         return custom_objects
-    try:
-        data, params, _ = load_from_zip_file(path, device="cpu", custom_objects=custom_objects)
-    except (ValueError, FileNotFoundError):
-        return custom_objects  # SB3's load names the problem
-    data, params = data or {}, params or {}
-    policy_kwargs = data.get("policy_kwargs") or {}
-    policy_class = data.get("policy_class")
-    is_cnn_policy = isinstance(policy_class, type) and issubclass(policy_class, CnnPolicy)
-    saved_heads = any(key.startswith("mlp_extractor.policy_net.") for key in params.get("policy", {}))
-    if not is_cnn_policy or "net_arch" in policy_kwargs or not saved_heads:
+    with zipfile.ZipFile(file) as archive:
+        data = json_to_data(archive.read("data").decode(), custom_objects=custom_objects)
+        policy_class, policy_kwargs = data.get("policy_class"), data.get("policy_kwargs") or {}
+        if not (isinstance(policy_class, type) and issubclass(policy_class, CnnPolicy)) or "net_arch" in policy_kwargs:
+            return custom_objects
+        if "policy.pth" not in archive.namelist():
+            return custom_objects  # SB3's load names what is missing
+        with archive.open("policy.pth") as weights:
+            names = th.load(io.BytesIO(weights.read()), map_location="cpu", weights_only=True).keys()
+    if not any(name.startswith("mlp_extractor.policy_net.") for name in names):
         return custom_objects
     return {**(custom_objects or {}), "policy_kwargs": {**policy_kwargs, "net_arch": FORMER_CNN_NET_ARCH}}
 
