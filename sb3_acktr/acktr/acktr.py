@@ -21,7 +21,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.running_mean_std import RunningMeanStd
-from stable_baselines3.common.save_util import json_to_data, load_from_zip_file
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
@@ -603,7 +603,6 @@ class ACKTR(OnPolicyAlgorithm):
         ``CnnPolicy`` saved before its heads read the features directly loads with the 64-64 layers it was trained with.
         """
         _check_saved_zip(path)
-        custom_objects = _former_cnn_heads(path, custom_objects)
         token = _LOADING.set(True)
         try:
             return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
@@ -620,12 +619,15 @@ class ACKTR(OnPolicyAlgorithm):
         Load parameters (see SB3's ``set_parameters``: with ``exact_match``, parameters without one of the model's
         objects, the K-FAC optimizer included, are refused). The saved optimizer state decides the trust-region layout:
         a model saved with one trust region (``vf_kl_clip=None``, or saved before ``vf_kl_clip`` existed) loads with
-        one, a model saved with a separate critic region loads with it; the bounds themselves are this model's.
+        one, a model saved with a separate critic region loads with it; the bounds themselves are this model's. While
+        loading, a ``CnnPolicy`` saved with its former default network is rebuilt with it (see ``FORMER_CNN_NET_ARCH``).
         """
         if isinstance(load_path_or_dict, dict):
             params = load_path_or_dict
         else:
             _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        if _LOADING.get():
+            self._match_former_cnn_heads(params.get("policy", {}))
         saved_optimizer: Any = params.get("policy.optimizer")
         if saved_optimizer is not None:
             self._match_trust_regions(len(saved_optimizer["param_groups"]), saved_optimizer["param_groups"][-1])
@@ -646,6 +648,15 @@ class ACKTR(OnPolicyAlgorithm):
                 "The saved policy's layers do not match this model's: build the model with the policy_kwargs (net_arch, "
                 f"features extractor, ...) that the saved one was trained with ({error})"
             ) from error
+
+    def _match_former_cnn_heads(self, saved_policy: dict[str, th.Tensor]) -> None:
+        """Rebuild a ``CnnPolicy`` built without ``net_arch`` whose saved weights have the former default's layers."""
+        saved_layers = any(name.startswith("mlp_extractor.policy_net.") for name in saved_policy)
+        if not (saved_layers and isinstance(self.policy, CnnPolicy) and "net_arch" not in self.policy_kwargs):
+            return
+        self.policy_kwargs = {**self.policy_kwargs, "net_arch": FORMER_CNN_NET_ARCH}
+        self.kfac.remove_hooks()
+        self._setup_model()
 
     def _match_trust_regions(self, n_saved_groups: int, last_saved_group: dict[str, Any]) -> None:
         if n_saved_groups == len(self.kfac.param_groups):
@@ -1050,9 +1061,11 @@ def _check_saved_zip(path: str | pathlib.Path | io.BufferedIOBase) -> None:
     Refuse a save whose zip is cut short or whose directory is damaged (by a crash or a full disk while saving), naming
     the file; a member damaged inside is reported by SB3's load (a ``ValueError`` too).
     """
-    file = _saved_zip_file(path)
+    if not isinstance(path, (str, pathlib.Path)):
+        return
+    file = next((candidate for candidate in (pathlib.Path(path), pathlib.Path(f"{path}.zip")) if candidate.is_file()), None)
     if file is None:
-        return  # SB3 names the missing file (or reads the stream)
+        return  # SB3 names the missing file
     # Opening reads only the zip's directory (at its end): a cut-short file fails here or lacks its data entry, and the
     # members themselves are read once, by SB3's load.
     try:
@@ -1065,38 +1078,6 @@ def _check_saved_zip(path: str | pathlib.Path | io.BufferedIOBase) -> None:
             f"{file} is not a whole model save (a zip file cut short or damaged, e.g. by a crash or a full disk while "
             f"saving: {problem}): save the model again, or load an earlier checkpoint"
         )
-
-
-def _saved_zip_file(path: str | pathlib.Path | io.BufferedIOBase) -> pathlib.Path | None:
-    """The file that SB3's load reads for ``path`` (which may leave out ``.zip``), or None for a stream or no file."""
-    if not isinstance(path, (str, pathlib.Path)):
-        return None
-    return next((candidate for candidate in (pathlib.Path(path), pathlib.Path(f"{path}.zip")) if candidate.is_file()), None)
-
-
-def _former_cnn_heads(
-    path: str | pathlib.Path | io.BufferedIOBase, custom_objects: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """
-    ``custom_objects`` that load a ``CnnPolicy`` saved with its former default network (SB3's 64-64 actor and critic
-    layers after the features extractor, from before ``CnnPolicy`` defaulted to ``net_arch=[]``) as it was trained.
-    Reads the zip's data, and its policy's weights only for a ``CnnPolicy`` saved without ``net_arch``.
-    """
-    file = _saved_zip_file(path)
-    if file is None or "policy_kwargs" in (custom_objects or {}):
-        return custom_objects
-    with zipfile.ZipFile(file) as archive:
-        data = json_to_data(archive.read("data").decode(), custom_objects=custom_objects)
-        policy_class, policy_kwargs = data.get("policy_class"), data.get("policy_kwargs") or {}
-        if not (isinstance(policy_class, type) and issubclass(policy_class, CnnPolicy)) or "net_arch" in policy_kwargs:
-            return custom_objects
-        if "policy.pth" not in archive.namelist():
-            return custom_objects  # SB3's load names what is missing
-        with archive.open("policy.pth") as weights:
-            names = th.load(io.BytesIO(weights.read()), map_location="cpu", weights_only=True).keys()
-    if not any(name.startswith("mlp_extractor.policy_net.") for name in names):
-        return custom_objects
-    return {**(custom_objects or {}), "policy_kwargs": {**policy_kwargs, "net_arch": FORMER_CNN_NET_ARCH}}
 
 
 def _check_critic_updates(n_critic_updates: int, vf_kl_clip: float | Schedule | Literal["auto"] | None) -> None:
